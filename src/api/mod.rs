@@ -1,0 +1,34 @@
+//! The CRD types: the contract between users and streamq.
+
+mod condition;
+mod consumer;
+pub mod crdgen;
+mod duration;
+mod pod_template;
+mod queue;
+mod refs;
+
+pub use condition::{Condition, ConditionStatus, merge_conditions};
+pub use consumer::{Autoscaling, Consumer, ConsumerSpec, ConsumerStatus, StartFrom};
+pub use duration::{Duration, ParseDurationError};
+pub use queue::{
+    AppendFsync, Broker, DeadLetter, Delivery, DeletionPolicy, ExternalBroker, ManagedBroker, Queue, QueueSpec,
+    QueueStatus, Retention, Storage,
+};
+pub use refs::{LocalRef, SecretKeyRef};
+
+/// The API group of every streamq resource.
+pub const GROUP: &str = "streamq.dev";
+
+/// Calls `f` on every JSON object in `value`, outermost first. The CRD
+/// generator uses it to post-process generated schemas.
+fn for_each_object(value: &mut serde_json::Value, f: &mut impl FnMut(&mut serde_json::Map<String, serde_json::Value>)) {
+    match value {
+        serde_json::Value::Object(map) => {
+            f(map);
+            map.values_mut().for_each(|v| for_each_object(v, f));
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| for_each_object(v, f)),
+        _ => {}
+    }
+}

@@ -1,0 +1,64 @@
+//! Command-line interface. Each subcommand's arguments live here; the work
+//! lives in the library modules they call.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::api::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "streamq", version, about = "Redis Streams work queues on Kubernetes, autoscaled to a latency target")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator: reconcile Queues and Consumers.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as multi-document YAML.
+    Crd(CrdArgs),
+    /// Run a command for each message of a queue (not yet implemented).
+    Worker,
+    /// Publish messages to a queue (not yet implemented).
+    Publish,
+    /// Simulate autoscaling policies on a scenario (not yet implemented).
+    Simulate,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "STREAMQ_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Watch only this namespace instead of the whole cluster.
+    #[arg(long, env = "STREAMQ_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// How often every object is reconciled even when nothing changed.
+    #[arg(long, env = "STREAMQ_RESYNC_INTERVAL", default_value = "10s")]
+    pub resync_interval: Duration,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "STREAMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CrdArgs {
+    /// Write one file per CRD into this directory instead of printing.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}

@@ -1,0 +1,13 @@
+//! streamq: a Kubernetes operator that turns Redis Streams into managed work
+//! queues and autoscales the workers that consume them.
+
+pub mod api;
+pub mod cli;
+pub mod consumer;
+pub mod context;
+pub mod http;
+pub mod k8s;
+pub mod metrics;
+pub mod operator;
+pub mod queue;
+pub mod telemetry;
