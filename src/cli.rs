@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::api::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "streamq", version, about = "Redis Streams work queues on Kubernetes, autoscaled to a latency target")]
+#[command(
+    name = "streamq",
+    version,
+    about = "Redis Streams work queues on Kubernetes, autoscaled to a latency target"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -61,4 +65,7 @@ pub struct CrdArgs {
     /// Write one file per CRD into this directory instead of printing.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+    /// The Markdown field reference instead of YAML (docs/crds.md).
+    #[arg(long)]
+    pub markdown: bool,
 }

@@ -45,8 +45,12 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -56,7 +60,13 @@ pub async fn publish_event<K>(recorder: &Recorder, obj: &K, type_: EventType, re
 where
     K: Resource<DynamicType = ()>,
 {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
     if let Err(err) = recorder.publish(&event, &obj.object_ref(&())).await {
         tracing::warn!(%err, reason, "could not publish event");
     }

@@ -11,7 +11,9 @@ async fn main() -> ExitCode {
             streamq::telemetry::init(&args.log);
             streamq::operator::run(args).await.map_err(anyhow::Error::from)
         }
-        Command::Crd(args) => streamq::api::crdgen::print_or_write(args.out_dir.as_deref()).map_err(Into::into),
+        Command::Crd(args) => {
+            streamq::api::crdgen::print_or_write(args.out_dir.as_deref(), args.markdown).map_err(Into::into)
+        }
         Command::Worker | Command::Publish | Command::Simulate => {
             Err(anyhow::anyhow!("this subcommand is not implemented yet"))
         }

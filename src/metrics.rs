@@ -35,21 +35,45 @@ impl Default for Metrics {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])
         });
         registry.register("reconciliations", "Reconciliations started", reconciliations.clone());
-        registry.register("reconcile_failures", "Reconciliations that returned an error", failures.clone());
-        registry.register("reconcile_duration_seconds", "Time spent in one reconciliation", reconcile_duration.clone());
-        Self { registry, reconciliations, failures, reconcile_duration }
+        registry.register(
+            "reconcile_failures",
+            "Reconciliations that returned an error",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconciliation",
+            reconcile_duration.clone(),
+        );
+        Self {
+            registry,
+            reconciliations,
+            failures,
+            reconcile_duration,
+        }
     }
 }
 
 impl Metrics {
     /// Counts a reconciliation and times it until the returned guard drops.
     pub fn reconcile_started(&self, controller: &'static str) -> ReconcileTimer<'_> {
-        self.reconciliations.get_or_create(&ControllerLabels { controller }).inc();
-        ReconcileTimer { metrics: self, controller, start: Instant::now() }
+        self.reconciliations
+            .get_or_create(&ControllerLabels { controller })
+            .inc();
+        ReconcileTimer {
+            metrics: self,
+            controller,
+            start: Instant::now(),
+        }
     }
 
     pub fn reconcile_failed(&self, controller: &'static str, error: &str) {
-        self.failures.get_or_create(&FailureLabels { controller, error: error.to_owned() }).inc();
+        self.failures
+            .get_or_create(&FailureLabels {
+                controller,
+                error: error.to_owned(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.
@@ -71,7 +95,9 @@ impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
         self.metrics
             .reconcile_duration
-            .get_or_create(&ControllerLabels { controller: self.controller })
+            .get_or_create(&ControllerLabels {
+                controller: self.controller,
+            })
             .observe(self.start.elapsed().as_secs_f64());
     }
 }

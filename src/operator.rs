@@ -18,7 +18,10 @@ pub enum Error {
     #[error("connecting to Kubernetes: {0}")]
     Kube(#[from] kube::Error),
     #[error("serving {addr}: {source}")]
-    Http { addr: std::net::SocketAddr, source: std::io::Error },
+    Http {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
@@ -39,8 +42,14 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
-    let listener = http::bind(args.metrics_addr).await.map_err(|source| Error::Http { addr: args.metrics_addr, source })?;
-    let addr = listener.local_addr().map_err(|source| Error::Http { addr: args.metrics_addr, source })?;
+    let listener = http::bind(args.metrics_addr).await.map_err(|source| Error::Http {
+        addr: args.metrics_addr,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| Error::Http {
+        addr: args.metrics_addr,
+        source,
+    })?;
     tracing::info!(%addr, scope = ?ctx.scope, "streamq operator starting");
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -57,7 +66,12 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             }
         }
     };
-    let server = http::serve(listener, http::encoder(ctx.clone()), ready, shutdown.clone().cancelled_owned());
+    let server = http::serve(
+        listener,
+        http::encoder(ctx.clone()),
+        ready,
+        shutdown.clone().cancelled_owned(),
+    );
 
     let (_, _, _, served) = tokio::join!(queues, consumers, mark_ready, server);
     served.map_err(|source| Error::Http { addr, source })?;

@@ -1,4 +1,7 @@
 //! The `Consumer` custom resource: the user's workers for one Queue, autoscaled to a latency SLO.
+// Several printcolumn(...) entries repeat `type_ = ...`; clippy reads them as
+// duplicated attributes of one item.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::{CustomResource, KubeSchema};
@@ -19,15 +22,56 @@ use super::{Condition, Duration, LocalRef};
     shortname = "sqc",
     category = "streamq",
     doc = "Workers for one Queue, run as a Deployment and autoscaled to a latency target.",
-    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas", label_selector_path = ".status.selector"),
-    printcolumn(name = "Queue", type_ = "string", json_path = ".spec.queueRef.name", description = "The Queue consumed"),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas", description = "Worker pods now"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas", description = "Worker pods wanted"),
-    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag", description = "Entries not yet delivered to the group"),
-    printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pending", description = "Entries delivered but not acknowledged"),
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Queue",
+        type_ = "string",
+        json_path = ".spec.queueRef.name",
+        description = "The Queue consumed"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.replicas",
+        description = "Worker pods now"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas",
+        description = "Worker pods wanted"
+    ),
+    printcolumn(
+        name = "Lag",
+        type_ = "integer",
+        json_path = ".status.lag",
+        description = "Entries not yet delivered to the group"
+    ),
+    printcolumn(
+        name = "Pending",
+        type_ = "integer",
+        json_path = ".status.pending",
+        description = "Entries delivered but not acknowledged"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Rate", type_ = "number", json_path = ".status.arrivalRate", priority = 1, description = "Messages arriving per second"),
-    printcolumn(name = "Processing", type_ = "string", json_path = ".status.processingTime", priority = 1, description = "Measured processing time of one message")
+    printcolumn(
+        name = "Rate",
+        type_ = "number",
+        json_path = ".status.arrivalRate",
+        priority = 1,
+        description = "Messages arriving per second"
+    ),
+    printcolumn(
+        name = "Processing",
+        type_ = "string",
+        json_path = ".status.processingTime",
+        priority = 1,
+        description = "Measured processing time of one message"
+    )
 )]
 #[x_kube(validation = Rule::new("has(self.group) == has(oldSelf.group) && (!has(self.group) || self.group == oldSelf.group)").message("spec.group is immutable: it cannot be set, changed or removed after creation; create a new Consumer instead"))]
 #[serde(rename_all = "camelCase")]
@@ -169,6 +213,9 @@ pub struct ConsumerStatus {
 impl Consumer {
     /// The consumer group in force: the spec's, or the Consumer's name.
     pub fn group(&self) -> String {
-        self.spec.group.clone().unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+        self.spec
+            .group
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
     }
 }

@@ -52,7 +52,10 @@ impl FromStr for Duration {
     type Err = ParseDurationError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = |why| ParseDurationError { input: input.to_owned(), why };
+        let err = |why| ParseDurationError {
+            input: input.to_owned(),
+            why,
+        };
         if input.is_empty() {
             return Err(err("it is empty"));
         }

@@ -12,7 +12,7 @@ pub use condition::{Condition, ConditionStatus, merge_conditions};
 pub use consumer::{Autoscaling, Consumer, ConsumerSpec, ConsumerStatus, StartFrom};
 pub use duration::{Duration, ParseDurationError};
 pub use queue::{
-    AppendFsync, Broker, DeadLetter, Delivery, DeletionPolicy, ExternalBroker, ManagedBroker, Queue, QueueSpec,
+    AppendFsync, Broker, DeadLetter, DeletionPolicy, Delivery, ExternalBroker, ManagedBroker, Queue, QueueSpec,
     QueueStatus, Retention, Storage,
 };
 pub use refs::{LocalRef, SecretKeyRef};

@@ -1,4 +1,7 @@
 //! The `Queue` custom resource: a Redis stream managed as a work queue.
+// Several printcolumn(...) entries repeat `type_ = ...`; clippy reads them as
+// duplicated attributes of one item.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::{CustomResource, KubeSchema};
@@ -19,11 +22,36 @@ use super::{Condition, Duration, SecretKeyRef};
     shortname = "sq",
     category = "streamq",
     doc = "A durable work queue on a Redis stream, provisioned and kept in shape by streamq.",
-    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#, description = "Whether the queue is usable"),
-    printcolumn(name = "Broker", type_ = "string", json_path = ".status.broker", description = "managed or external Redis"),
-    printcolumn(name = "Length", type_ = "integer", json_path = ".status.length", description = "Entries in the stream"),
-    printcolumn(name = "Rate", type_ = "number", json_path = ".status.ingressRate", description = "Messages added per second"),
-    printcolumn(name = "DLQ", type_ = "integer", json_path = ".status.deadLetterLength", description = "Entries in the dead-letter stream"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
+        description = "Whether the queue is usable"
+    ),
+    printcolumn(
+        name = "Broker",
+        type_ = "string",
+        json_path = ".status.broker",
+        description = "managed or external Redis"
+    ),
+    printcolumn(
+        name = "Length",
+        type_ = "integer",
+        json_path = ".status.length",
+        description = "Entries in the stream"
+    ),
+    printcolumn(
+        name = "Rate",
+        type_ = "number",
+        json_path = ".status.ingressRate",
+        description = "Messages added per second"
+    ),
+    printcolumn(
+        name = "DLQ",
+        type_ = "integer",
+        json_path = ".status.deadLetterLength",
+        description = "Entries in the dead-letter stream"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("has(self.streamKey) == has(oldSelf.streamKey) && (!has(self.streamKey) || self.streamKey == oldSelf.streamKey)").message("spec.streamKey is immutable: it cannot be set, changed or removed after creation; create a new Queue instead"))]
@@ -77,9 +105,15 @@ impl JsonSchema for Broker {
 
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         let mut external = generator.subschema_for::<ExternalBroker>();
-        external.insert("description".into(), "A Redis (7.0 or newer) or Valkey server run elsewhere.".into());
+        external.insert(
+            "description".into(),
+            "A Redis (7.0 or newer) or Valkey server run elsewhere.".into(),
+        );
         let mut managed = generator.subschema_for::<ManagedBroker>();
-        managed.insert("description".into(), "A Redis server that streamq runs for this Queue as a StatefulSet.".into());
+        managed.insert(
+            "description".into(),
+            "A Redis server that streamq runs for this Queue as a StatefulSet.".into(),
+        );
         schemars::json_schema!({
             "type": "object",
             "properties": { "external": external, "managed": managed },
@@ -176,7 +210,10 @@ fn default_visibility_timeout() -> Duration {
 
 impl Default for Delivery {
     fn default() -> Self {
-        Self { max_deliveries: default_max_deliveries(), visibility_timeout: default_visibility_timeout() }
+        Self {
+            max_deliveries: default_max_deliveries(),
+            visibility_timeout: default_visibility_timeout(),
+        }
     }
 }
 
@@ -200,7 +237,10 @@ fn default_true() -> bool {
 
 impl Default for DeadLetter {
     fn default() -> Self {
-        Self { enabled: true, stream_key: None }
+        Self {
+            enabled: true,
+            stream_key: None,
+        }
     }
 }
 
@@ -263,9 +303,12 @@ impl Queue {
 
     /// The dead-letter stream key in force, when dead-lettering is enabled.
     pub fn dead_letter_stream_key(&self) -> Option<String> {
-        self.spec
-            .dead_letter
-            .enabled
-            .then(|| self.spec.dead_letter.stream_key.clone().unwrap_or_else(|| format!("{}:dlq", self.stream_key())))
+        self.spec.dead_letter.enabled.then(|| {
+            self.spec
+                .dead_letter
+                .stream_key
+                .clone()
+                .unwrap_or_else(|| format!("{}:dlq", self.stream_key()))
+        })
     }
 }

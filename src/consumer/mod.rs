@@ -31,14 +31,25 @@ impl Error {
 pub async fn reconcile(consumer: Arc<Consumer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
     let previous = consumer.status.clone().unwrap_or_default();
-    let conditions =
-        vec![Condition::new("Ready", false, "NotImplemented", "Consumer workloads are not implemented yet")];
+    let conditions = vec![Condition::new(
+        "Ready",
+        false,
+        "NotImplemented",
+        "Consumer workloads are not implemented yet",
+    )];
     let status = ConsumerStatus {
         observed_generation: consumer.metadata.generation,
-        conditions: merge_conditions(&previous.conditions, conditions, Timestamp::now(), consumer.metadata.generation),
+        conditions: merge_conditions(
+            &previous.conditions,
+            conditions,
+            Timestamp::now(),
+            consumer.metadata.generation,
+        ),
         ..previous
     };
-    k8s::apply_status(&ctx.client, consumer.as_ref(), &status).await.map_err(Error::Status)?;
+    k8s::apply_status(&ctx.client, consumer.as_ref(), &status)
+        .await
+        .map_err(Error::Status)?;
     Ok(Action::requeue(ctx.resync))
 }
 

@@ -31,10 +31,20 @@ impl Error {
 pub async fn reconcile(queue: Arc<Queue>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
     let previous = queue.status.clone().unwrap_or_default();
-    let conditions = vec![Condition::new("Ready", false, "NotImplemented", "Queue provisioning is not implemented yet")];
+    let conditions = vec![Condition::new(
+        "Ready",
+        false,
+        "NotImplemented",
+        "Queue provisioning is not implemented yet",
+    )];
     let status = QueueStatus {
         observed_generation: queue.metadata.generation,
-        conditions: merge_conditions(&previous.conditions, conditions, Timestamp::now(), queue.metadata.generation),
+        conditions: merge_conditions(
+            &previous.conditions,
+            conditions,
+            Timestamp::now(),
+            queue.metadata.generation,
+        ),
         broker: Some(
             match queue.spec.broker {
                 Broker::External(_) => "external",
@@ -46,7 +56,9 @@ pub async fn reconcile(queue: Arc<Queue>, ctx: Arc<Context>) -> Result<Action, E
         dead_letter_stream_key: queue.dead_letter_stream_key(),
         ..previous
     };
-    k8s::apply_status(&ctx.client, queue.as_ref(), &status).await.map_err(Error::Status)?;
+    k8s::apply_status(&ctx.client, queue.as_ref(), &status)
+        .await
+        .map_err(Error::Status)?;
     Ok(Action::requeue(ctx.resync))
 }
 

@@ -1,0 +1,49 @@
+# streamq developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CLUSTER := tests/cluster
+# Runs the rest of a recipe line against the local control plane, starting it if needed.
+WITH_CLUSTER := eval "$$($(CLUSTER)/up)" &&
+DEMO_NS := streamq-demo
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## Build the streamq binary (debug)
+	cargo build --bin streamq
+
+.PHONY: crds
+crds: ## Regenerate crds/ and the chart's copy from the code
+	cargo run -q --bin streamq -- crd --out-dir crds
+	cargo run -q --bin streamq -- crd --out-dir charts/streamq/crds
+	cargo run -q --bin streamq -- crd --markdown --out-dir docs
+
+.PHONY: cluster-up
+cluster-up: ## Start the local control plane and redis-server (prints export lines)
+	@$(CLUSTER)/up
+
+.PHONY: cluster-down
+cluster-down: demo-stop ## Stop the local control plane and redis-server
+	$(CLUSTER)/down
+
+.PHONY: test
+test: ## Run every test against the local control plane (starts it)
+	$(WITH_CLUSTER) cargo test --no-fail-fast
+
+.PHONY: demo
+demo: build ## Control plane + Redis, chart, operator, examples; then `kubectl get streamq`
+	$(WITH_CLUSTER) scripts/demo "$(DEMO_NS)"
+
+.PHONY: demo-stop
+demo-stop: ## Stop the operator that `make demo` started
+	@scripts/demo-stop
+
+.PHONY: lint
+lint: ## rustfmt, clippy and helm lint
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	$(WITH_CLUSTER) helm lint --strict charts/streamq
