@@ -24,12 +24,12 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as multi-document YAML.
     Crd(CrdArgs),
-    /// Run a command for each message of a queue (not yet implemented).
-    Worker,
-    /// Publish messages to a queue (not yet implemented).
-    Publish,
-    /// Simulate autoscaling policies on a scenario (not yet implemented).
-    Simulate,
+    /// Run a command (or POST to a local URL) for each message of a queue.
+    Worker(crate::worker::WorkerArgs),
+    /// Publish messages to a queue's stream.
+    Publish(crate::producer::PublishArgs),
+    /// Simulate autoscaling policies on a scenario.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //! queues and autoscales the workers that consume them.
 
 pub mod api;
+pub mod autoscale;
 pub mod cli;
 pub mod consumer;
 pub mod context;
@@ -9,5 +10,9 @@ pub mod http;
 pub mod k8s;
 pub mod metrics;
 pub mod operator;
+pub mod producer;
 pub mod queue;
+pub mod redis;
+pub mod simulate;
 pub mod telemetry;
+pub mod worker;

@@ -14,9 +14,9 @@ async fn main() -> ExitCode {
         Command::Crd(args) => {
             streamq::api::crdgen::print_or_write(args.out_dir.as_deref(), args.markdown).map_err(Into::into)
         }
-        Command::Worker | Command::Publish | Command::Simulate => {
-            Err(anyhow::anyhow!("this subcommand is not implemented yet"))
-        }
+        Command::Worker(args) => streamq::worker::main(args).await,
+        Command::Publish(args) => streamq::producer::main(args).await,
+        Command::Simulate(args) => streamq::simulate::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

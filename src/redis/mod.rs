@@ -1,0 +1,5 @@
+//! All Redis I/O of streamq lives under this module: the operator's
+//! provisioning and sampling, and the worker runtime's and producer's stream
+//! commands.
+
+pub mod keys;
