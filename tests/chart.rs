@@ -92,16 +92,21 @@ async fn chart_installs_under_restricted_pod_security_and_its_rbac_runs_the_oper
     ]);
     let as_sa = format!("--as=system:serviceaccount:{ns}:{sa}");
     // Least privilege, spot-checked: what the reconcilers need, and not Secrets.
-    for (verb, resource, want) in [
-        ("watch", "queues.streamq.dev", "yes"),
-        ("patch", "consumers.streamq.dev/status", "yes"),
-        ("create", "events.events.k8s.io", "yes"),
-        ("list", "secrets", "no"),
-        ("delete", "queues.streamq.dev", "no"),
+    for (verb, resource, subresource, want) in [
+        ("watch", "queues.streamq.dev", "", "yes"),
+        ("patch", "consumers.streamq.dev", "status", "yes"),
+        ("create", "events.events.k8s.io", "", "yes"),
+        ("list", "secrets", "", "no"),
+        ("delete", "queues.streamq.dev", "", "no"),
     ] {
-        let out = env.kubectl(&["auth", "can-i", verb, resource, &as_sa]);
+        let sub = format!("--subresource={subresource}");
+        let mut args = vec!["auth", "can-i", verb, resource, as_sa.as_str()];
+        if !subresource.is_empty() {
+            args.push(&sub);
+        }
+        let out = env.kubectl(&args);
         let got = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(got.trim(), want, "can {sa} {verb} {resource}?");
+        assert_eq!(got.trim(), want, "can {sa} {verb} {resource} {subresource}?");
     }
 
     // The operator, authenticated only by a TokenRequest token of the chart's
