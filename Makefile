@@ -31,7 +31,7 @@ cluster-down: demo-stop ## Stop the local control plane and redis-server
 	$(CLUSTER)/down
 
 .PHONY: test
-test: ## Run every test against the local control plane (starts it)
+test: demo-stop ## Run every test against the local control plane (starts it; stops a demo operator)
 	$(WITH_CLUSTER) cargo test --no-fail-fast
 
 .PHONY: demo

@@ -2,4 +2,6 @@
 //! provisioning and sampling, and the worker runtime's and producer's stream
 //! commands.
 
+pub mod acl;
+pub mod admin;
 pub mod keys;
