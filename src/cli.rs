@@ -43,8 +43,25 @@ pub struct RunArgs {
     /// How often every object is reconciled even when nothing changed.
     #[arg(long, env = "STREAMQ_RESYNC_INTERVAL", default_value = "10s")]
     pub resync_interval: Duration,
+    /// How long a deleted Queue waits for its Redis to come back before the
+    /// cleanup is abandoned (an Event says so) and the finalizer removed.
+    #[arg(long, env = "STREAMQ_QUEUE_CLEANUP_TIMEOUT", default_value = "2m")]
+    pub queue_cleanup_timeout: Duration,
+    /// DEVELOPMENT ONLY: reach the managed Redis of Queue NAMESPACE/NAME at
+    /// HOST:PORT instead of its in-cluster Service, for an operator running
+    /// outside the cluster. Repeatable. Never use it in production.
+    #[arg(long = "dev-redis-address", value_name = "NAMESPACE/NAME=HOST:PORT", value_parser = parse_dev_address)]
+    pub dev_redis_addresses: Vec<(String, String)>,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+fn parse_dev_address(s: &str) -> Result<(String, String), String> {
+    let (queue, addr) = s.split_once('=').ok_or("expected NAMESPACE/NAME=HOST:PORT")?;
+    if !queue.contains('/') || !addr.contains(':') {
+        return Err("expected NAMESPACE/NAME=HOST:PORT".into());
+    }
+    Ok((queue.to_owned(), addr.to_owned()))
 }
 
 #[derive(Debug, Args)]

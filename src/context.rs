@@ -1,10 +1,10 @@
 //! What every reconciler shares.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use kube::{Client, runtime::events::Recorder};
 
-use crate::{k8s::Scope, metrics::Metrics};
+use crate::{k8s::Scope, metrics::Metrics, queue::QueueMemory, redis::pool::AdminPool};
 
 pub struct Context {
     pub client: Client,
@@ -14,4 +14,13 @@ pub struct Context {
     pub scope: Scope,
     /// How often an object is reconciled when nothing changed.
     pub resync: Duration,
+    /// Administrative Redis connections, shared by all Queues on a server.
+    pub redis: AdminPool,
+    /// What the Queue controller remembers between resyncs, by Queue uid.
+    pub queues: QueueMemory,
+    /// Development only: `namespace/queue` → `host:port` of the managed Redis,
+    /// for running the operator outside the cluster (see `--dev-redis-address`).
+    pub dev_redis_addresses: BTreeMap<String, String>,
+    /// How long a deleted Queue waits for Redis before its cleanup is abandoned.
+    pub cleanup_timeout: Duration,
 }

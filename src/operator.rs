@@ -37,6 +37,10 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         metrics: Metrics::default(),
         scope: args.namespace.map_or(Scope::Cluster, Scope::Namespace),
         resync: args.resync_interval.as_std(),
+        redis: Default::default(),
+        queues: Default::default(),
+        dev_redis_addresses: args.dev_redis_addresses.into_iter().collect(),
+        cleanup_timeout: args.queue_cleanup_timeout.as_std(),
     });
 
     let shutdown = CancellationToken::new();

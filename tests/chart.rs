@@ -96,8 +96,9 @@ async fn chart_installs_under_restricted_pod_security_and_its_rbac_runs_the_oper
         ("watch", "queues.streamq.dev", "", "yes"),
         ("patch", "consumers.streamq.dev", "status", "yes"),
         ("create", "events.events.k8s.io", "", "yes"),
-        ("list", "secrets", "", "no"),
+        ("list", "pods", "", "no"),
         ("delete", "queues.streamq.dev", "", "no"),
+        ("delete", "secrets", "", "no"),
     ] {
         let sub = format!("--subresource={subresource}");
         let mut args = vec!["auth", "can-i", verb, resource, as_sa.as_str()];

@@ -5,3 +5,4 @@
 pub mod acl;
 pub mod admin;
 pub mod keys;
+pub mod pool;

@@ -233,6 +233,10 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(namespace: &str, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_with(namespace, &[], extra_env)
+    }
+
+    pub fn start_with(namespace: &str, extra_args: &[&str], extra_env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let metrics_addr = format!("127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("streamq-operator-{namespace}-{port}.log"));
@@ -247,6 +251,7 @@ impl Operator {
                 "--resync-interval",
                 "2s",
             ])
+            .args(extra_args)
             .envs(extra_env.iter().copied())
             .env("RUST_LOG", "info,streamq=debug")
             .stdout(log_file.try_clone().unwrap())

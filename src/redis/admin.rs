@@ -1,0 +1,466 @@
+//! The operator's administrative Redis work for one Queue: connect and check
+//! the server, read the queue's state in one round trip, and provision,
+//! repair, trim and dead-letter in a second one.
+
+use std::time::Duration;
+
+use ::redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ErrorKind, RedisError, Value, aio::MultiplexedConnection,
+};
+
+use super::acl::{self, Role};
+
+/// How long connecting or one command may take before Redis counts as unreachable.
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Most entries one maintenance call dead-letters or scans for trimming, so one
+/// resync never blocks Redis for long; the rest waits for the next resync.
+const MAINTENANCE_BUDGET: u32 = 1000;
+/// The throw-away group `XGROUP CREATE … MKSTREAM` needs to create an empty
+/// stream; it is destroyed in the same round trip, leaving no trace.
+const MKSTREAM_GROUP: &str = "streamq.mkstream";
+
+const MAINTAIN_LUA: &str = include_str!("maintain.lua");
+const SNAPSHOT_LUA: &str = r#"
+local function info(key)
+  local t = redis.call('TYPE', key).ok
+  if t ~= 'stream' then return {t, 0, 0} end
+  local added = 0
+  local xinfo = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #xinfo, 2 do if xinfo[i] == 'entries-added' then added = xinfo[i + 1] end end
+  return {t, redis.call('XLEN', key), added}
+end
+local out = info(KEYS[1])
+if KEYS[2] then local d = info(KEYS[2]); table.insert(out, d[1]); table.insert(out, d[2]) end
+return out
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not a Redis URL ({0}); expected redis://[user:password@]host:port[/db] or rediss://…")]
+    InvalidUrl(String),
+    #[error("Redis rejected the credentials: check the user name and password in the URL")]
+    Authentication,
+    #[error("cannot reach Redis at {addr}: {detail}")]
+    Unreachable { addr: String, detail: String },
+    #[error(
+        "Redis {version} at {addr} is too old: streamq needs Redis or Valkey 7.0 or newer (consumer-group lag arrived in 7.0)"
+    )]
+    UnsupportedVersion { addr: String, version: String },
+    #[error("key {key:?} holds a {kind}, not a stream: delete it or give the Queue another streamKey")]
+    WrongType { key: String, kind: String },
+    #[error(
+        "the Redis user of the URL lacks a permission streamq needs ({0}); it must be allowed to administer streams and ACL users"
+    )]
+    NoPermission(String),
+    #[error("Redis command failed: {0}")]
+    Command(String),
+}
+
+impl Error {
+    fn from_redis(err: RedisError, addr: &str) -> Self {
+        if err.kind() == ErrorKind::AuthenticationFailed || err.code() == Some("WRONGPASS") {
+            return Self::Authentication;
+        }
+        if err.code() == Some("NOPERM") {
+            return Self::NoPermission(err.detail().unwrap_or_default().to_owned());
+        }
+        if err.is_io_error() || err.is_timeout() || err.is_connection_refusal() || err.is_connection_dropped() {
+            return Self::Unreachable {
+                addr: addr.to_owned(),
+                detail: err.to_string(),
+            };
+        }
+        Self::Command(err.to_string())
+    }
+
+    /// A CamelCase reason for conditions and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidUrl(_) => "InvalidURL",
+            Self::Authentication => "AuthenticationFailed",
+            Self::Unreachable { .. } => "Unreachable",
+            Self::UnsupportedVersion { .. } => "UnsupportedVersion",
+            Self::WrongType { .. } => "WrongKeyType",
+            Self::NoPermission(_) => "NoPermission",
+            Self::Command(_) => "RedisError",
+        }
+    }
+}
+
+/// Where a Redis server is, without credentials: what per-queue URLs are built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub db: i64,
+}
+
+impl Endpoint {
+    /// A URL for `user`, e.g. `redis://streamq.ns.q.consumer:pw@host:6379/0`.
+    pub fn url_for(&self, user: &str, password: &str) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{user}:{password}@{host}:{}/{}", self.port, self.db)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// An administrative connection to one Redis server.
+#[derive(Clone)]
+pub struct Admin {
+    conn: MultiplexedConnection,
+    pub endpoint: Endpoint,
+    pub version: String,
+}
+
+/// Parses a URL without connecting. The error never repeats the URL: it may hold a password.
+pub fn parse_url(url: &str) -> Result<(Client, Endpoint), Error> {
+    let client =
+        Client::open(url.trim()).map_err(|e| Error::InvalidUrl(e.detail().unwrap_or("unparsable").to_owned()))?;
+    let info = client.get_connection_info();
+    let (tls, host, port) = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => (false, host.clone(), *port),
+        ConnectionAddr::TcpTls { host, port, .. } => (true, host.clone(), *port),
+        other => {
+            return Err(Error::InvalidUrl(format!(
+                "unsupported address {other:?}; use a TCP address"
+            )));
+        }
+    };
+    Ok((
+        client.clone(),
+        Endpoint {
+            tls,
+            host,
+            port,
+            db: info.redis_settings().db(),
+        },
+    ))
+}
+
+/// Connects, authenticates and checks that the server is Redis/Valkey 7.0+.
+pub async fn connect(url: &str) -> Result<Admin, Error> {
+    let (client, endpoint) = parse_url(url)?;
+    let addr = endpoint.addr();
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| Error::from_redis(e, &addr))?;
+    let info: String = ::redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| Error::from_redis(e, &addr))?;
+    let version = server_version(&info);
+    if !version_at_least_7(&version) {
+        return Err(Error::UnsupportedVersion { addr, version });
+    }
+    Ok(Admin {
+        conn,
+        endpoint,
+        version,
+    })
+}
+
+/// `7.0.15`, or for Valkey `valkey 8.0.1` (Valkey also reports a compatible redis_version).
+fn server_version(info: &str) -> String {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    match field("valkey_version:") {
+        Some(v) => format!("valkey {v}"),
+        None => field("redis_version:").unwrap_or_else(|| "unknown".into()),
+    }
+}
+
+fn version_at_least_7(version: &str) -> bool {
+    if version.starts_with("valkey ") {
+        return true; // every Valkey release implements Redis 7.2's commands
+    }
+    version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .is_some_and(|major| major >= 7)
+}
+
+/// What one Queue wants inside Redis.
+#[derive(Clone, Debug)]
+pub struct QueueSpec {
+    pub stream: String,
+    pub dead_letter: Option<String>,
+    /// The ownership claim written next to the stream: `<namespace>/<name>/<uid>/<created unix secs>`.
+    pub owner: String,
+    pub producer_user: String,
+    pub producer_password: String,
+    pub consumer_user: String,
+    pub consumer_password: String,
+    pub max_length: Option<u64>,
+    pub max_age: Option<Duration>,
+    pub drop_unprocessed: bool,
+    pub max_deliveries: u32,
+    pub visibility_timeout: Duration,
+}
+
+impl QueueSpec {
+    pub fn owner_key(&self) -> String {
+        owner_key(&self.stream)
+    }
+}
+
+/// The key holding the claim of the Queue that owns `stream`.
+pub fn owner_key(stream: &str) -> String {
+    format!("{stream}:owner")
+}
+
+/// The state of a Queue inside Redis, read in one round trip.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub stream_type: String,
+    pub length: u64,
+    pub entries_added: u64,
+    pub dead_letter_type: Option<String>,
+    pub dead_letter_length: Option<u64>,
+    pub owner: Option<String>,
+    pub producer_user_exists: bool,
+    pub consumer_user_exists: bool,
+}
+
+/// What a maintenance round changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub stream_created: bool,
+    pub dead_letter_created: bool,
+    pub producer_user_created: bool,
+    pub consumer_user_created: bool,
+    pub trimmed: u64,
+    pub dead_lettered: u64,
+    /// Entries that were due for the dead-letter stream but had been trimmed or deleted; acked.
+    pub vanished: u64,
+}
+
+impl Admin {
+    fn err(&self, e: RedisError) -> Error {
+        Error::from_redis(e, &self.endpoint.addr())
+    }
+
+    /// Round trip 1: everything the reconciler decides from.
+    pub async fn snapshot(&mut self, q: &QueueSpec) -> Result<Snapshot, Error> {
+        let mut pipe = ::redis::pipe();
+        let mut eval = ::redis::cmd("EVAL");
+        eval.arg(SNAPSHOT_LUA)
+            .arg(if q.dead_letter.is_some() { 2 } else { 1 })
+            .arg(&q.stream);
+        if let Some(dlq) = &q.dead_letter {
+            eval.arg(dlq);
+        }
+        pipe.add_command(eval)
+            .cmd("GET")
+            .arg(q.owner_key())
+            .cmd("ACL")
+            .arg("GETUSER")
+            .arg(&q.producer_user)
+            .cmd("ACL")
+            .arg("GETUSER")
+            .arg(&q.consumer_user);
+        let (stream, owner, producer, consumer): (Vec<Value>, Option<String>, Value, Value) =
+            pipe.query_async(&mut self.conn).await.map_err(|e| self.err(e))?;
+        let text = |v: Option<&Value>| match v {
+            Some(Value::SimpleString(s)) => s.clone(),
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Int(i)) => u64::try_from(*i).unwrap_or(0),
+            _ => 0,
+        };
+        Ok(Snapshot {
+            stream_type: text(stream.first()),
+            length: int(stream.get(1)),
+            entries_added: int(stream.get(2)),
+            dead_letter_type: stream.get(3).map(|v| text(Some(v))),
+            dead_letter_length: stream.get(4).map(|v| int(Some(v))),
+            owner,
+            producer_user_exists: !matches!(producer, Value::Nil),
+            consumer_user_exists: !matches!(consumer, Value::Nil),
+        })
+    }
+
+    /// Round trip 2: creates what is missing, puts the ACL users back as they
+    /// should be, trims and dead-letters. `claim` writes the ownership claim.
+    pub async fn provision(&mut self, q: &QueueSpec, snap: &Snapshot, claim: bool) -> Result<Changes, Error> {
+        for (key, kind) in [
+            (Some(&q.stream), Some(&snap.stream_type)),
+            (q.dead_letter.as_ref(), snap.dead_letter_type.as_ref()),
+        ] {
+            if let (Some(key), Some(kind)) = (key, kind)
+                && kind != "stream"
+                && kind != "none"
+            {
+                return Err(Error::WrongType {
+                    key: key.clone(),
+                    kind: kind.clone(),
+                });
+            }
+        }
+        let mut changes = Changes {
+            stream_created: snap.stream_type == "none",
+            dead_letter_created: snap.dead_letter_type.as_deref() == Some("none"),
+            producer_user_created: !snap.producer_user_exists,
+            consumer_user_created: !snap.consumer_user_exists,
+            ..Changes::default()
+        };
+        let mut pipe = ::redis::pipe();
+        for (key, create) in [
+            (Some(&q.stream), changes.stream_created),
+            (q.dead_letter.as_ref(), changes.dead_letter_created),
+        ] {
+            if let (Some(key), true) = (key, create) {
+                pipe.cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(key)
+                    .arg(MKSTREAM_GROUP)
+                    .arg("$")
+                    .arg("MKSTREAM")
+                    .ignore();
+                pipe.cmd("XGROUP").arg("DESTROY").arg(key).arg(MKSTREAM_GROUP).ignore();
+            }
+        }
+        if claim {
+            pipe.cmd("SET").arg(q.owner_key()).arg(&q.owner).ignore();
+        }
+        for (role, user, password) in [
+            (Role::Producer, &q.producer_user, &q.producer_password),
+            (Role::Consumer, &q.consumer_user, &q.consumer_password),
+        ] {
+            pipe.cmd("ACL")
+                .arg("SETUSER")
+                .arg(user)
+                .arg(acl::setuser_rules(role, password, &q.stream, q.dead_letter.as_deref()))
+                .ignore();
+        }
+        let mut maintain = ::redis::cmd("EVAL");
+        maintain
+            .arg(MAINTAIN_LUA)
+            .arg(2)
+            .arg(&q.stream)
+            .arg(q.dead_letter.as_deref().unwrap_or(&q.stream))
+            .arg(q.max_length.map(|n| n.to_string()).unwrap_or_default())
+            .arg(q.max_age.map(|d| d.as_millis().to_string()).unwrap_or_default())
+            .arg(if q.drop_unprocessed { "1" } else { "0" })
+            .arg(q.max_deliveries)
+            .arg(u64::try_from(q.visibility_timeout.as_millis()).unwrap_or(u64::MAX))
+            .arg(if q.dead_letter.is_some() { "1" } else { "0" })
+            .arg(MAINTENANCE_BUDGET);
+        pipe.add_command(maintain);
+        let ((trimmed, dead_lettered, vanished),): ((u64, u64, u64),) =
+            pipe.query_async(&mut self.conn).await.map_err(|e| self.err(e))?;
+        changes.trimmed = trimmed;
+        changes.dead_lettered = dead_lettered;
+        changes.vanished = vanished;
+        Ok(changes)
+    }
+
+    /// Removes a Queue from Redis: always its ACL users; its ownership claim
+    /// when it holds it (`owns_claim`); with `delete_data` also the streams and
+    /// the worker stats.
+    pub async fn remove(&mut self, q: &QueueSpec, owns_claim: bool, delete_data: bool) -> Result<(), Error> {
+        let mut keys: Vec<String> = owns_claim.then(|| q.owner_key()).into_iter().collect();
+        if delete_data {
+            keys.push(q.stream.clone());
+            keys.extend(q.dead_letter.clone());
+            let pattern = super::keys::stats_key(&q.stream, "*");
+            let mut cursor = 0u64;
+            loop {
+                let (next, found): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut self.conn)
+                    .await
+                    .map_err(|e| self.err(e))?;
+                keys.extend(found);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("ACL")
+            .arg("DELUSER")
+            .arg(&q.producer_user)
+            .arg(&q.consumer_user)
+            .ignore();
+        if !keys.is_empty() {
+            pipe.cmd("DEL").arg(keys).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn).await.map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_below_7_are_refused() {
+        assert!(version_at_least_7("7.0.15"));
+        assert!(version_at_least_7("8.2.0"));
+        assert!(version_at_least_7("valkey 8.0.1"));
+        assert!(!version_at_least_7("6.2.14"));
+        assert!(!version_at_least_7("unknown"));
+    }
+
+    #[test]
+    fn valkey_is_named_as_such() {
+        assert_eq!(
+            server_version("redis_version:7.2.4\r\nvalkey_version:8.0.1\r\n"),
+            "valkey 8.0.1"
+        );
+        assert_eq!(server_version("# Server\r\nredis_version:7.0.15\r\n"), "7.0.15");
+    }
+
+    #[test]
+    fn malformed_urls_are_refused_without_echoing_them() {
+        for bad in ["http://u:secret@host", "not a url", "redis://u:secret@:0/x"] {
+            let err = parse_url(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            if !err.is_empty() {
+                assert!(!err.contains("secret"), "{err}");
+            }
+        }
+        assert!(parse_url("http://u:secret@host").is_err());
+    }
+
+    #[test]
+    fn endpoint_urls_round_trip() {
+        let (_, ep) = parse_url("redis://admin:pw@redis.example:6380/2").unwrap();
+        assert_eq!(
+            ep,
+            Endpoint {
+                tls: false,
+                host: "redis.example".into(),
+                port: 6380,
+                db: 2
+            }
+        );
+        let url = ep.url_for("streamq.ns.q.producer", "abc");
+        assert_eq!(url, "redis://streamq.ns.q.producer:abc@redis.example:6380/2");
+        assert_eq!(parse_url(&url).unwrap().1, ep);
+    }
+}
