@@ -1,15 +1,29 @@
-//! The Consumer controller.
+//! The Consumer controller: validate → build → apply → status.
 
-use std::sync::Arc;
+pub mod build;
+
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::jiff::Timestamp;
-use kube::runtime::{Controller, controller::Action, watcher};
+use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::EventType,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
 
+use self::build::QueueFacts;
 use crate::{
-    api::{Condition, Consumer, ConsumerStatus, merge_conditions},
+    api::{Condition, Consumer, ConsumerStatus, Queue, StartFrom, merge_conditions},
     context::Context,
-    k8s,
+    k8s::{self, FIELD_MANAGER},
+    queue::status::Problem,
 };
 
 const CONTROLLER: &str = "consumer";
@@ -28,46 +42,226 @@ impl Error {
     }
 }
 
+/// What the workload looks like after a successful round.
+struct Workload {
+    desired: i32,
+    replicas: i32,
+    ready: i32,
+}
+
 pub async fn reconcile(consumer: Arc<Consumer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let outcome = workload(&consumer, &ctx).await;
     let previous = consumer.status.clone().unwrap_or_default();
-    let conditions = vec![Condition::new(
-        "Ready",
-        false,
-        "NotImplemented",
-        "Consumer workloads are not implemented yet",
-    )];
+    let generation = consumer.metadata.generation;
+    let conditions = match &outcome {
+        Ok(w) => vec![
+            Condition::new(
+                "Ready",
+                w.ready >= w.desired,
+                if w.ready >= w.desired {
+                    "Running"
+                } else {
+                    "ReplicasNotReady"
+                },
+                format!("{}/{} replicas ready", w.ready, w.desired),
+            ),
+            Condition::new(
+                "Scaling",
+                w.replicas != w.desired,
+                if w.replicas != w.desired { "Scaling" } else { "Stable" },
+                format!("{} → {} replicas", w.replicas, w.desired),
+            ),
+            Condition::new("Degraded", false, "AsExpected", ""),
+        ],
+        Err(p) => vec![
+            Condition::new("Ready", false, p.reason, p.message.clone()),
+            Condition::new("Scaling", false, p.reason, "not scaling until this is resolved"),
+            if p.fault {
+                Condition::new("Degraded", true, p.reason, p.message.clone())
+            } else {
+                Condition::new("Degraded", false, "AsExpected", "")
+            },
+        ],
+    };
     let status = ConsumerStatus {
-        observed_generation: consumer.metadata.generation,
-        conditions: merge_conditions(
-            &previous.conditions,
-            conditions,
-            Timestamp::now(),
-            consumer.metadata.generation,
-        ),
+        observed_generation: generation,
+        conditions: merge_conditions(&previous.conditions, conditions, Timestamp::now(), generation),
+        selector: Some(build::selector(&consumer)),
+        replicas: outcome.as_ref().ok().map(|w| w.replicas).or(previous.replicas),
+        ready_replicas: outcome.as_ref().ok().map(|w| w.ready).or(previous.ready_replicas),
+        desired_replicas: outcome.as_ref().ok().map(|w| w.desired).or(previous.desired_replicas),
         ..previous
     };
     k8s::apply_status(&ctx.client, consumer.as_ref(), &status)
         .await
         .map_err(Error::Status)?;
-    Ok(Action::requeue(ctx.resync))
+    Ok(match outcome {
+        Ok(_) => Action::requeue(ctx.resync),
+        Err(p) => {
+            tracing::info!(consumer = %consumer.name_any(), reason = p.reason, message = %p.message, "consumer not ready");
+            Action::requeue(Duration::from_secs(2).min(ctx.resync))
+        }
+    })
+}
+
+async fn workload(consumer: &Consumer, ctx: &Context) -> Result<Workload, Problem> {
+    let ns = consumer.namespace().unwrap_or_default();
+    if consumer
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .is_none_or(|s| s.containers.is_empty())
+    {
+        return Err(Problem::fault(
+            "InvalidSpec",
+            "spec.template.spec.containers is empty: give the worker pods at least one container",
+        ));
+    }
+    let queue_name = &consumer.spec.queue_ref.name;
+    let queue = Api::<Queue>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(queue_name)
+        .await
+        .map_err(|e| Problem::fault("KubernetesError", format!("reading Queue {queue_name}: {e}")))?
+        .ok_or_else(|| Problem::fault("QueueNotFound", format!("Queue {ns}/{queue_name} (spec.queueRef) does not exist: create it, or point queueRef at an existing Queue")))?;
+    let ready = queue
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let (Some(consumer_secret), Some(true)) = (
+        queue.status.as_ref().and_then(|s| s.consumer_secret.clone()),
+        ready.map(|c| c.status == crate::api::ConditionStatus::True),
+    ) else {
+        let why = ready
+            .map(|c| format!(" ({}: {})", c.reason, c.message))
+            .unwrap_or_default();
+        return Err(Problem {
+            fault: false,
+            ..Problem::fault(
+                "QueueNotReady",
+                format!("waiting for Queue {queue_name} to become Ready{why}"),
+            )
+        });
+    };
+    let facts = QueueFacts {
+        stream: queue.stream_key(),
+        dead_letter: queue.dead_letter_stream_key(),
+        consumer_secret,
+        max_deliveries: queue.spec.delivery.max_deliveries,
+        visibility_timeout_ms: queue.spec.delivery.visibility_timeout.as_millis(),
+    };
+
+    // The group exists before any worker starts (XGROUP CREATE is idempotent here).
+    let mut admin = crate::queue::admin_for(&queue, ctx).await?;
+    let from = match consumer.spec.start_from {
+        StartFrom::Earliest => "0",
+        StartFrom::Latest => "$",
+    };
+    match admin.ensure_group(&facts.stream, &consumer.group(), from).await {
+        Ok(true) => {
+            let note = format!(
+                "consumer group {} created on {} from {from}",
+                consumer.group(),
+                facts.stream
+            );
+            k8s::publish_event(
+                &ctx.recorder,
+                consumer,
+                EventType::Normal,
+                "GroupCreated",
+                "Provision",
+                note,
+            )
+            .await;
+        }
+        Ok(false) => {}
+        Err(e) => {
+            crate::queue::forget_admin(&queue, ctx).await;
+            return Err(Problem::fault(e.reason(), e.to_string()));
+        }
+    }
+
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = consumer.name_any();
+    let existing = deployments
+        .get_opt(&name)
+        .await
+        .map_err(|e| Problem::fault("KubernetesError", format!("reading Deployment {name}: {e}")))?;
+    let current = existing.as_ref().and_then(|d| d.spec.as_ref()?.replicas);
+    let desired = match &consumer.spec.autoscaling {
+        None => consumer.spec.replicas.unwrap_or(1),
+        // Until the autoscaler has decided, keep what runs (or start at the minimum).
+        Some(a) => current.unwrap_or(a.min_replicas).clamp(a.min_replicas, a.max_replicas),
+    };
+    let applied = deployments
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(build::deployment(consumer, &facts, desired)),
+        )
+        .await
+        .map_err(|e| Problem::fault("KubernetesError", format!("applying Deployment {name}: {e}")))?;
+    if let Some(current) = current.filter(|c| *c != desired) {
+        let why = if consumer.spec.autoscaling.is_none() {
+            "spec.replicas"
+        } else {
+            "autoscaler"
+        };
+        k8s::publish_event(
+            &ctx.recorder,
+            consumer,
+            EventType::Normal,
+            "Scaled",
+            "Scale",
+            format!("replicas {current} → {desired} ({why})"),
+        )
+        .await;
+    }
+    let status = applied.status.unwrap_or_default();
+    Ok(Workload {
+        desired,
+        replicas: status.replicas.unwrap_or(0),
+        ready: status.ready_replicas.unwrap_or(0),
+    })
 }
 
 fn error_policy(_consumer: Arc<Consumer>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %err, "consumer reconcile failed");
     ctx.metrics.reconcile_failed(CONTROLLER, err.metric_label());
-    Action::requeue(std::time::Duration::from_secs(5))
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The Consumers of a Queue: reconciled when it changes (e.g. becomes Ready).
+fn consumers_of(store: &Store<Consumer>, queue: &Queue) -> Vec<ObjectRef<Consumer>> {
+    store
+        .state()
+        .iter()
+        .filter(|c| c.namespace() == queue.namespace() && c.spec.queue_ref.name == queue.name_any())
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
 }
 
 /// The controller, ready to run until `shutdown` resolves.
 pub fn controller(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> (impl Future<Output = ()>, kube::runtime::reflector::Store<Consumer>) {
+) -> (impl Future<Output = ()>, Store<Consumer>) {
     let consumers = ctx.scope.api::<Consumer>(ctx.client.clone());
-    let controller =
-        Controller::new(consumers, watcher::Config::default().any_semantic()).graceful_shutdown_on(shutdown);
+    let controller = Controller::new(consumers, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let mapper_store = store.clone();
+    let controller = controller
+        .owns(
+            ctx.scope.api::<Deployment>(ctx.client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=streamq"),
+        )
+        .watches(
+            ctx.scope.api::<Queue>(ctx.client.clone()),
+            watcher::Config::default(),
+            move |q| consumers_of(&mapper_store, &q),
+        )
+        .graceful_shutdown_on(shutdown);
     let fut = controller.run(reconcile, error_policy, ctx).for_each(|res| async move {
         if let Err(err) = res {
             tracing::debug!(%err, "consumer controller");

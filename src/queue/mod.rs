@@ -573,6 +573,20 @@ async fn resolve_broker(queue: &Queue, ctx: &Context, provision: bool) -> Result
     }
 }
 
+/// An administrative connection to a Queue's Redis, for the Consumer
+/// controller (group creation). The Queue controller has provisioned it.
+pub(crate) async fn admin_for(queue: &Queue, ctx: &Context) -> Result<Admin, Problem> {
+    let broker = resolve_broker(queue, ctx, false).await?;
+    connect(ctx, &broker.admin_url).await
+}
+
+/// Drops a cached connection to a Queue's Redis after an error.
+pub(crate) async fn forget_admin(queue: &Queue, ctx: &Context) {
+    if let Ok(broker) = resolve_broker(queue, ctx, false).await {
+        ctx.redis.forget(&broker.admin_url).await;
+    }
+}
+
 async fn connect(ctx: &Context, url: &str) -> Result<Admin, Problem> {
     ctx.redis
         .get(url)

@@ -374,6 +374,23 @@ impl Admin {
         Ok(changes)
     }
 
+    /// Creates a consumer group unless it exists. `from` is `0` (every entry
+    /// still in the stream) or `$` (only new ones).
+    pub async fn ensure_group(&mut self, stream: &str, group: &str, from: &str) -> Result<bool, Error> {
+        let created: Result<(), RedisError> = ::redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg(from)
+            .query_async(&mut self.conn)
+            .await;
+        match created {
+            Ok(()) => Ok(true),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     /// Removes a Queue from Redis: always its ACL users; its ownership claim
     /// when it holds it (`owns_claim`); with `delete_data` also the streams and
     /// the worker stats.

@@ -1,0 +1,283 @@
+//! The Consumer controller against the real kube-apiserver (with the
+//! controller-manager, scheduler and kwok) and redis-server.
+
+mod support;
+
+use k8s_openapi::{
+    ByteString,
+    api::{apps::v1::Deployment, core::v1::Secret},
+};
+use kube::api::{ObjectMeta, PostParams};
+use serde_json::json;
+use streamq::api::{ConditionStatus, Consumer, Queue};
+use support::{Operator, TestEnv, wait_for};
+
+async fn ready_queue(env: &TestEnv, name: &str) -> Queue {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("redis-admin".into()),
+            ..Default::default()
+        },
+        data: Some([("url".to_owned(), ByteString(env.redis_url.as_bytes().to_vec()))].into()),
+        ..Default::default()
+    };
+    env.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let queue: Queue = serde_json::from_value(json!({
+        "apiVersion": "streamq.dev/v1alpha1", "kind": "Queue", "metadata": {"name": name},
+        "spec": {"broker": {"external": {"urlSecretRef": {"name": "redis-admin", "key": "url"}}}},
+    }))
+    .unwrap();
+    env.api::<Queue>().create(&PostParams::default(), &queue).await.unwrap();
+    wait_for(&env.api::<Queue>(), name, "Ready", |q: &Queue| {
+        q.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True)
+        })
+    })
+    .await
+}
+
+fn consumer(name: &str, queue: &str, extra: serde_json::Value) -> Consumer {
+    let mut spec = json!({
+        "queueRef": {"name": queue},
+        "concurrency": 3,
+        "template": {
+            "metadata": {"labels": {"team": "payments"}},
+            "spec": {"containers": [{
+                "name": "worker", "image": "example.com/worker:1", "args": ["worker", "--", "./handle"],
+                "env": [{"name": "STREAMQ_CONCURRENCY", "value": "9"}, {"name": "LOG_LEVEL", "value": "debug"}],
+            }]},
+        },
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    serde_json::from_value(
+        json!({"apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer", "metadata": {"name": name}, "spec": spec}),
+    )
+    .unwrap()
+}
+
+fn pod_template(d: &Deployment) -> &k8s_openapi::api::core::v1::PodTemplateSpec {
+    &d.spec.as_ref().unwrap().template
+}
+
+#[tokio::test]
+async fn deployment_carries_the_template_plus_the_env_contract_and_rolls_on_change() {
+    let env = TestEnv::new("c-deploy").await;
+    let _op = Operator::start(&env.namespace, &[]);
+    let queue = ready_queue(&env, "orders").await;
+    let consumers = env.api::<Consumer>();
+    consumers
+        .create(
+            &PostParams::default(),
+            &consumer("billing", "orders", json!({"replicas": 2})),
+        )
+        .await
+        .unwrap();
+
+    let deployments = env.api::<Deployment>();
+    let d = wait_for(&deployments, "billing", "2 ready replicas", |d: &Deployment| {
+        d.status.as_ref().and_then(|s| s.ready_replicas) == Some(2)
+    })
+    .await;
+    let template = pod_template(&d);
+    assert_eq!(
+        template.metadata.as_ref().unwrap().labels.as_ref().unwrap()["team"],
+        "payments"
+    );
+    let container = &template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(container.image.as_deref(), Some("example.com/worker:1"));
+    assert_eq!(
+        container.args.as_deref(),
+        Some(&["worker".to_owned(), "--".into(), "./handle".into()][..])
+    );
+    let env_var = |name: &str| container.env.as_ref().unwrap().iter().find(|e| e.name == name).cloned();
+    assert_eq!(
+        env_var("STREAMQ_CONCURRENCY").unwrap().value.as_deref(),
+        Some("9"),
+        "the user's value wins"
+    );
+    assert_eq!(env_var("LOG_LEVEL").unwrap().value.as_deref(), Some("debug"));
+    assert_eq!(
+        env_var("STREAMQ_STREAM").unwrap().value,
+        queue.status.as_ref().unwrap().stream_key
+    );
+    assert_eq!(env_var("STREAMQ_GROUP").unwrap().value.as_deref(), Some("billing"));
+    let url = env_var("STREAMQ_REDIS_URL").unwrap();
+    assert!(url.value.is_none());
+    assert_eq!(url.value_from.unwrap().secret_key_ref.unwrap().name, "orders-consumer");
+
+    // The group exists in Redis.
+    let mut redis = env.redis().await;
+    let groups: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(queue.stream_key())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(format!("{groups:?}").contains("billing"), "{groups:?}");
+
+    let c = wait_for(&consumers, "billing", "status with 2 ready", |c: &Consumer| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.ready_replicas == Some(2) && s.selector.is_some())
+    })
+    .await;
+    assert_eq!(
+        c.status.unwrap().selector.as_deref(),
+        Some("streamq.dev/consumer=billing")
+    );
+    let pods = env.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "streamq.dev/consumer=billing",
+        "-o",
+        "jsonpath={.items[*].status.phase}",
+    ]);
+    assert_eq!(pods.split_whitespace().filter(|p| *p == "Running").count(), 2, "{pods}");
+
+    // A template change rolls the Deployment.
+    let mut c = consumers.get("billing").await.unwrap();
+    c.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example.com/worker:2".into());
+    consumers.replace("billing", &PostParams::default(), &c).await.unwrap();
+    wait_for(&deployments, "billing", "rolled to worker:2", |d: &Deployment| {
+        let image =
+            pod_template(d).spec.as_ref().unwrap().containers[0].image.as_deref() == Some("example.com/worker:2");
+        let rolled = d
+            .status
+            .as_ref()
+            .is_some_and(|s| s.updated_replicas == Some(2) && s.ready_replicas == Some(2));
+        image && rolled && d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fixed_replicas_follow_spec_and_kubectl_scale() {
+    let env = TestEnv::new("c-scale").await;
+    let _op = Operator::start(&env.namespace, &[]);
+    ready_queue(&env, "orders").await;
+    env.api::<Consumer>()
+        .create(
+            &PostParams::default(),
+            &consumer("billing", "orders", json!({"replicas": 1})),
+        )
+        .await
+        .unwrap();
+    let deployments = env.api::<Deployment>();
+    wait_for(&deployments, "billing", "1 replica", |d: &Deployment| {
+        d.spec.as_ref().unwrap().replicas == Some(1)
+    })
+    .await;
+    env.kubectl_ok(&["scale", "consumer", "billing", "--replicas=3"]);
+    wait_for(&deployments, "billing", "3 ready replicas", |d: &Deployment| {
+        d.spec.as_ref().unwrap().replicas == Some(3) && d.status.as_ref().and_then(|s| s.ready_replicas) == Some(3)
+    })
+    .await;
+    wait_for(
+        &env.api::<Consumer>(),
+        "billing",
+        "status.replicas 3",
+        |c: &Consumer| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.replicas == Some(3) && s.desired_replicas == Some(3))
+        },
+    )
+    .await;
+    let out = env.kubectl_ok(&["get", "sqc", "billing"]);
+    assert!(
+        out.lines().nth(1).unwrap().split_whitespace().collect::<Vec<_>>()[1..4] == ["orders", "3", "3"],
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_of_a_missing_queue_says_so_and_recovers() {
+    let env = TestEnv::new("c-noqueue").await;
+    let _op = Operator::start(&env.namespace, &[]);
+    env.api::<Consumer>()
+        .create(&PostParams::default(), &consumer("billing", "later", json!({})))
+        .await
+        .unwrap();
+    let c = wait_for(&env.api::<Consumer>(), "billing", "QueueNotFound", |c: &Consumer| {
+        c.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.reason == "QueueNotFound")
+        })
+    })
+    .await;
+    let message = &c
+        .status
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(message.contains("later") && message.contains("create it"), "{message}");
+    ready_queue(&env, "later").await;
+    wait_for(
+        &env.api::<Deployment>(),
+        "billing",
+        "a Deployment once the Queue exists",
+        |_| true,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn start_from_latest_skips_what_is_already_in_the_stream() {
+    let env = TestEnv::new("c-latest").await;
+    let _op = Operator::start(&env.namespace, &[]);
+    let queue = ready_queue(&env, "orders").await;
+    let mut redis = env.redis().await;
+    let old: String = redis::cmd("XADD")
+        .arg(queue.stream_key())
+        .arg("*")
+        .arg("data")
+        .arg("old")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    env.api::<Consumer>()
+        .create(
+            &PostParams::default(),
+            &consumer("fresh", "orders", json!({"startFrom": "Latest"})),
+        )
+        .await
+        .unwrap();
+    env.api::<Consumer>()
+        .create(
+            &PostParams::default(),
+            &consumer("all", "orders", json!({"startFrom": "Earliest"})),
+        )
+        .await
+        .unwrap();
+    for name in ["fresh", "all"] {
+        wait_for(&env.api::<Deployment>(), name, "Deployment", |_| true).await;
+    }
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(queue.stream_key())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let last_delivered = |g: &str| {
+        let group = groups
+            .iter()
+            .find(|m| m["name"] == redis::Value::BulkString(g.as_bytes().to_vec()))
+            .unwrap();
+        redis::from_redis_value::<String>(group["last-delivered-id"].clone()).unwrap()
+    };
+    assert_eq!(last_delivered("fresh"), old, "Latest starts after the existing entry");
+    assert_eq!(last_delivered("all"), "0-0", "Earliest starts at the beginning");
+}
