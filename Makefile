@@ -47,3 +47,11 @@ lint: ## rustfmt, clippy and helm lint
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	$(WITH_CLUSTER) helm lint --strict charts/streamq
+
+.PHONY: bench
+bench: ## Throughput of streamq publish / worker vs redis-benchmark (release build)
+	$(WITH_CLUSTER) cargo bench --bench throughput
+
+.PHONY: bench-autoscale
+bench-autoscale: ## Simulate bench/scenarios under every policy; writes docs/autoscaling.md (release build)
+	scripts/bench-autoscale

@@ -43,6 +43,14 @@ pub struct RunArgs {
     /// How often every object is reconciled even when nothing changed.
     #[arg(long, env = "STREAMQ_RESYNC_INTERVAL", default_value = "10s")]
     pub resync_interval: Duration,
+    /// How often the sampler reads every autoscaled Consumer's stream (one
+    /// round trip per Redis server each time).
+    #[arg(long, env = "STREAMQ_SAMPLE_INTERVAL", default_value = "1s")]
+    pub sample_interval: Duration,
+    /// Expected time from replicas raised to a new worker consuming; the
+    /// autoscaler sizes so that backlog drains within targetLatency minus this.
+    #[arg(long, env = "STREAMQ_POD_STARTUP", default_value = "10s")]
+    pub pod_startup: Duration,
     /// How long a deleted Queue waits for its Redis to come back before the
     /// cleanup is abandoned (an Event says so) and the finalizer removed.
     #[arg(long, env = "STREAMQ_QUEUE_CLEANUP_TIMEOUT", default_value = "2m")]

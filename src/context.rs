@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use kube::{Client, runtime::events::Recorder};
 
-use crate::{k8s::Scope, metrics::Metrics, queue::QueueMemory, redis::pool::AdminPool};
+use crate::{consumer::sampler::Decisions, k8s::Scope, metrics::Metrics, queue::QueueMemory, redis::pool::AdminPool};
 
 pub struct Context {
     pub client: Client,
@@ -23,4 +23,8 @@ pub struct Context {
     pub dev_redis_addresses: BTreeMap<String, String>,
     /// How long a deleted Queue waits for Redis before its cleanup is abandoned.
     pub cleanup_timeout: Duration,
+    /// The autoscaler's latest decision per Consumer, written by the sampler.
+    pub decisions: Decisions,
+    pub sample_interval: Duration,
+    pub pod_startup: Duration,
 }

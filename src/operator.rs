@@ -41,6 +41,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         queues: Default::default(),
         dev_redis_addresses: args.dev_redis_addresses.into_iter().collect(),
         cleanup_timeout: args.queue_cleanup_timeout.as_std(),
+        decisions: Default::default(),
+        sample_interval: args.sample_interval.as_std(),
+        pod_startup: args.pod_startup.as_std(),
     });
 
     let shutdown = CancellationToken::new();
@@ -58,7 +61,16 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 
     let ready = Arc::new(AtomicBool::new(false));
     let (queues, queue_store) = queue::controller(ctx.clone(), shutdown.clone().cancelled_owned());
-    let (consumers, consumer_store) = consumer::controller(ctx.clone(), shutdown.clone().cancelled_owned());
+    // The sampler wakes the Consumer controller when a decision changes.
+    let (wake, woken) = futures::channel::mpsc::channel(256);
+    let (consumers, consumer_store) = consumer::controller(ctx.clone(), woken, shutdown.clone().cancelled_owned());
+    let sampler = consumer::sampler::run(
+        ctx.clone(),
+        consumer_store.clone(),
+        queue_store.clone(),
+        wake,
+        shutdown.clone(),
+    );
     let mark_ready = {
         let ready = ready.clone();
         async move {
@@ -77,7 +89,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         shutdown.clone().cancelled_owned(),
     );
 
-    let (_, _, _, served) = tokio::join!(queues, consumers, mark_ready, server);
+    let (_, _, _, _, served) = tokio::join!(queues, consumers, sampler, mark_ready, server);
     served.map_err(|source| Error::Http { addr, source })?;
     tracing::info!("streamq operator stopped");
     Ok(())

@@ -924,16 +924,30 @@ async fn deleting_a_queue_whose_redis_is_gone_says_why_then_gives_up_with_an_eve
     let _op = Operator::start_with(&env.namespace, &["--queue-cleanup-timeout", "5s"], &[]);
     let dead_port = support::free_port();
     env.api::<Secret>()
-        .create(&PostParams::default(), &secret("redis-admin", "url", &format!("redis://default:pw@127.0.0.1:{dead_port}/0")))
+        .create(
+            &PostParams::default(),
+            &secret(
+                "redis-admin",
+                "url",
+                &format!("redis://default:pw@127.0.0.1:{dead_port}/0"),
+            ),
+        )
         .await
         .unwrap();
     let queues = env.api::<Queue>();
-    queues.create(&PostParams::default(), &external("orphan", json!({}))).await.unwrap();
+    queues
+        .create(&PostParams::default(), &external("orphan", json!({})))
+        .await
+        .unwrap();
     wait_condition(&env, "orphan", "Degraded", ConditionStatus::True, "Unreachable").await;
     let gone = wait_deleted(&queues, "orphan");
     queues.delete("orphan", &DeleteParams::default()).await.unwrap();
     let q = wait_condition(&env, "orphan", "Ready", ConditionStatus::False, "CleanupPending").await;
-    assert!(condition(&q, "Ready").unwrap().2.contains("retrying for up to 5s"), "{:?}", condition(&q, "Ready"));
+    assert!(
+        condition(&q, "Ready").unwrap().2.contains("retrying for up to 5s"),
+        "{:?}",
+        condition(&q, "Ready")
+    );
     gone.await;
     let notes = wait_event(&env, "CleanupAbandoned").await;
     assert!(notes[0].contains("may remain"), "{notes:?}");

@@ -1,6 +1,7 @@
 //! The Consumer controller: validate → build → apply → status.
 
 pub mod build;
+pub mod sampler;
 
 use std::{sync::Arc, time::Duration};
 
@@ -47,6 +48,8 @@ struct Workload {
     desired: i32,
     replicas: i32,
     ready: i32,
+    /// Set when this round changed the replica count: why.
+    scaled: Option<String>,
 }
 
 pub async fn reconcile(consumer: Arc<Consumer>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -91,7 +94,19 @@ pub async fn reconcile(consumer: Arc<Consumer>, ctx: Arc<Context>) -> Result<Act
         replicas: outcome.as_ref().ok().map(|w| w.replicas).or(previous.replicas),
         ready_replicas: outcome.as_ref().ok().map(|w| w.ready).or(previous.ready_replicas),
         desired_replicas: outcome.as_ref().ok().map(|w| w.desired).or(previous.desired_replicas),
-        ..previous
+        last_scale_time: match outcome.as_ref().ok().and_then(|w| w.scaled.as_ref()) {
+            Some(_) => Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now())),
+            None => previous.last_scale_time.clone(),
+        },
+        last_scale_reason: outcome
+            .as_ref()
+            .ok()
+            .and_then(|w| w.scaled.clone())
+            .or(previous.last_scale_reason.clone()),
+        ..ctx
+            .decisions
+            .observed_status(&consumer.uid().unwrap_or_default(), previous)
+            .await
     };
     k8s::apply_status(&ctx.client, consumer.as_ref(), &status)
         .await
@@ -189,10 +204,15 @@ async fn workload(consumer: &Consumer, ctx: &Context) -> Result<Workload, Proble
         .await
         .map_err(|e| Problem::fault("KubernetesError", format!("reading Deployment {name}: {e}")))?;
     let current = existing.as_ref().and_then(|d| d.spec.as_ref()?.replicas);
+    let decided = ctx.decisions.replicas(&consumer.uid().unwrap_or_default()).await;
     let desired = match &consumer.spec.autoscaling {
         None => consumer.spec.replicas.unwrap_or(1),
-        // Until the autoscaler has decided, keep what runs (or start at the minimum).
-        Some(a) => current.unwrap_or(a.min_replicas).clamp(a.min_replicas, a.max_replicas),
+        // The sampler's latest decision; until there is one (or while it
+        // holds on missing data) keep what runs, or start at the minimum.
+        Some(a) => decided
+            .or(current)
+            .unwrap_or(a.min_replicas)
+            .clamp(a.min_replicas, a.max_replicas.max(a.min_replicas)),
     };
     let applied = deployments
         .patch(
@@ -202,27 +222,28 @@ async fn workload(consumer: &Consumer, ctx: &Context) -> Result<Workload, Proble
         )
         .await
         .map_err(|e| Problem::fault("KubernetesError", format!("applying Deployment {name}: {e}")))?;
-    if let Some(current) = current.filter(|c| *c != desired) {
-        let why = if consumer.spec.autoscaling.is_none() {
-            "spec.replicas"
-        } else {
-            "autoscaler"
+    let mut scaled = None;
+    if current != Some(desired) {
+        let why = match &consumer.spec.autoscaling {
+            None => "spec.replicas".to_owned(),
+            Some(_) => ctx
+                .decisions
+                .reason(&consumer.uid().unwrap_or_default())
+                .await
+                .unwrap_or_else(|| "minReplicas".into()),
         };
-        k8s::publish_event(
-            &ctx.recorder,
-            consumer,
-            EventType::Normal,
-            "Scaled",
-            "Scale",
-            format!("replicas {current} → {desired} ({why})"),
-        )
-        .await;
+        if let Some(current) = current {
+            let note = format!("replicas {current} → {desired}: {why}");
+            k8s::publish_event(&ctx.recorder, consumer, EventType::Normal, "Scaled", "Scale", note).await;
+        }
+        scaled = Some(why);
     }
     let status = applied.status.unwrap_or_default();
     Ok(Workload {
         desired,
         replicas: status.replicas.unwrap_or(0),
         ready: status.ready_replicas.unwrap_or(0),
+        scaled,
     })
 }
 
@@ -245,6 +266,7 @@ fn consumers_of(store: &Store<Consumer>, queue: &Queue) -> Vec<ObjectRef<Consume
 /// The controller, ready to run until `shutdown` resolves.
 pub fn controller(
     ctx: Arc<Context>,
+    woken: impl futures::Stream<Item = ObjectRef<Consumer>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> (impl Future<Output = ()>, Store<Consumer>) {
     let consumers = ctx.scope.api::<Consumer>(ctx.client.clone());
@@ -261,6 +283,7 @@ pub fn controller(
             watcher::Config::default(),
             move |q| consumers_of(&mapper_store, &q),
         )
+        .reconcile_on(woken)
         .graceful_shutdown_on(shutdown);
     let fut = controller.run(reconcile, error_policy, ctx).for_each(|res| async move {
         if let Err(err) = res {

@@ -87,6 +87,9 @@ struct Remembered {
     cleanup_failing_since: Option<Instant>,
     /// Provisioned at least once: anything missing later is drift, and is reported as such.
     provisioned: bool,
+    /// The admin URL of the last successful round, for the sampler, which
+    /// must not read Secrets every second.
+    admin_url: Option<String>,
 }
 
 impl QueueMemory {
@@ -96,6 +99,11 @@ impl QueueMemory {
 
     async fn forget(&self, uid: &str) {
         self.0.lock().await.remove(uid);
+    }
+
+    /// The admin URL of a provisioned Queue's Redis.
+    pub async fn admin_url(&self, uid: &str) -> Option<String> {
+        self.0.lock().await.get(uid).and_then(|m| m.admin_url.clone())
     }
 }
 
@@ -255,6 +263,11 @@ async fn provision(queue: &Queue, ctx: &Context) -> Result<Provisioned, Problem>
         let secret = build::credentials_secret(queue, name, &url, user, password, dead_letter.as_deref());
         apply_object(&secrets, name, &secret).await?;
     }
+    ctx.queues
+        .with(&queue.uid().unwrap_or_default(), |m| {
+            m.admin_url = Some(broker.admin_url.clone())
+        })
+        .await;
     // The status in the cache may lag one round behind; memory does not.
     let provisioned_before = ctx
         .queues

@@ -374,6 +374,14 @@ impl Admin {
         Ok(changes)
     }
 
+    /// One round trip reading every stream and group in `targets` (see [`super::sampler`]).
+    pub async fn sample(
+        &mut self,
+        targets: &super::sampler::Targets,
+    ) -> Result<std::collections::BTreeMap<String, super::sampler::StreamSample>, Error> {
+        super::sampler::sample(&mut self.conn, targets).await
+    }
+
     /// Creates a consumer group unless it exists. `from` is `0` (every entry
     /// still in the stream) or `$` (only new ones).
     pub async fn ensure_group(&mut self, stream: &str, group: &str, from: &str) -> Result<bool, Error> {

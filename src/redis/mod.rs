@@ -6,3 +6,5 @@ pub mod acl;
 pub mod admin;
 pub mod keys;
 pub mod pool;
+pub mod sampler;
+pub mod stream;
