@@ -2,9 +2,11 @@
 
 use std::time::Instant;
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -19,8 +21,81 @@ pub struct FailureLabels {
     pub error: String,
 }
 
+/// One Consumer, for the per-Consumer series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    pub namespace: String,
+    pub consumer: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// What the autoscaler saw and decided, per Consumer, at the last sample.
+#[derive(Default)]
+pub struct ConsumerMetrics {
+    pub lag: Family<ConsumerLabels, Gauge>,
+    pub pending: Family<ConsumerLabels, Gauge>,
+    pub arrival_rate: Family<ConsumerLabels, FloatGauge>,
+    pub completion_rate: Family<ConsumerLabels, FloatGauge>,
+    pub processing_seconds: Family<ConsumerLabels, FloatGauge>,
+    pub desired_replicas: Family<ConsumerLabels, Gauge>,
+    pub current_replicas: Family<ConsumerLabels, Gauge>,
+    pub decisions: Family<ConsumerLabels, Counter>,
+}
+
+impl ConsumerMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("consumer");
+        r.register("lag", "Entries not yet delivered to the group", self.lag.clone());
+        r.register(
+            "pending",
+            "Entries delivered and not acknowledged",
+            self.pending.clone(),
+        );
+        r.register(
+            "arrival_rate",
+            "Messages added per second, smoothed",
+            self.arrival_rate.clone(),
+        );
+        r.register(
+            "completion_rate",
+            "Messages acknowledged per second, smoothed",
+            self.completion_rate.clone(),
+        );
+        r.register(
+            "processing_seconds",
+            "Processing time of one message used for sizing",
+            self.processing_seconds.clone(),
+        );
+        r.register(
+            "desired_replicas",
+            "Replicas the autoscaler wants",
+            self.desired_replicas.clone(),
+        );
+        r.register(
+            "current_replicas",
+            "Replicas the Deployment has",
+            self.current_replicas.clone(),
+        );
+        r.register("decisions", "Autoscaler decisions made", self.decisions.clone());
+    }
+
+    /// Drops the series of a Consumer that is gone.
+    pub fn forget(&self, labels: &ConsumerLabels) {
+        self.lag.remove(labels);
+        self.pending.remove(labels);
+        self.arrival_rate.remove(labels);
+        self.completion_rate.remove(labels);
+        self.processing_seconds.remove(labels);
+        self.desired_replicas.remove(labels);
+        self.current_replicas.remove(labels);
+        self.decisions.remove(labels);
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub consumers: ConsumerMetrics,
     pub reconciliations: Family<ControllerLabels, Counter>,
     pub failures: Family<FailureLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
@@ -45,8 +120,11 @@ impl Default for Metrics {
             "Time spent in one reconciliation",
             reconcile_duration.clone(),
         );
+        let consumers = ConsumerMetrics::default();
+        consumers.register(&mut registry);
         Self {
             registry,
+            consumers,
             reconciliations,
             failures,
             reconcile_duration,

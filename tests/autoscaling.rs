@@ -145,10 +145,8 @@ async fn burst_scales_up_within_two_sample_intervals_then_drains_back_after_the_
         status.lag, status.oldest_message_age, status.last_scale_reason
     );
     assert!(status.oldest_message_age.is_some());
-    assert!(
-        status.last_scale_reason.unwrap().contains("lag"),
-        "the reason names the lag"
-    );
+    let reason = status.last_scale_reason.unwrap();
+    assert!(reason.contains("lag") && reason.contains("→"), "the reason gives the numbers: {reason}");
 
     // Workers ack everything: back to minReplicas, but not before scaleDownDelay.
     drain(&env, &stream).await;
@@ -157,7 +155,7 @@ async fn burst_scales_up_within_two_sample_intervals_then_drains_back_after_the_
         &deployments,
         "workers",
         "back to minReplicas",
-        Duration::from_secs(40),
+        Duration::from_secs(120),
         |d| replicas(d) == 1,
     )
     .await;
@@ -233,4 +231,146 @@ async fn null_lag_after_xdel_is_counted_not_read_as_zero() {
         c.status.as_ref().unwrap().lag,
         c.status.as_ref().unwrap().lag_source
     );
+}
+
+#[tokio::test]
+async fn scale_down_keeps_the_workers_that_hold_pending_messages() {
+    let (env, _op, stream) = setup(
+        "as-safe",
+        json!({"minReplicas": 1, "maxReplicas": 4, "targetLatency": "10s", "processingTime": "1s", "scaleDownDelay": "3s"}),
+    )
+    .await;
+    let deployments = env.api::<Deployment>();
+    xadd(&env, &stream, 200).await;
+    wait_for(&deployments, "workers", "4 ready replicas", |d| {
+        replicas(d) == 4 && d.status.as_ref().and_then(|s| s.ready_replicas) == Some(4)
+    })
+    .await;
+    let pods = env.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "streamq.dev/consumer=workers",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let pods: Vec<&str> = pods.split_whitespace().collect();
+    assert_eq!(pods.len(), 4);
+    // Two pods' workers each take one message and keep it; the rest is acknowledged.
+    let mut redis = env.redis().await;
+    for busy in &pods[..2] {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("workers")
+            .arg(*busy)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    drain(&env, &stream).await;
+
+    // Demand is gone, but two consumers hold messages: no fewer than 2 replicas,
+    // and the ReplicaSet removed the idle pods (deletion cost 0), not the busy ones.
+    let d = wait_for(&deployments, "workers", "2 replicas", |d| {
+        replicas(d) == 2 && d.status.as_ref().and_then(|s| s.replicas) == Some(2)
+    })
+    .await;
+    assert_eq!(replicas(&d), 2);
+    let left = env.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "streamq.dev/consumer=workers",
+        "--field-selector=status.phase=Running",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let mut left: Vec<&str> = left.split_whitespace().collect();
+    left.sort();
+    let mut busy = pods[..2].to_vec();
+    busy.sort();
+    assert_eq!(left, busy, "the busy workers must survive the scale-down");
+    // Once they acknowledge, the Consumer goes down to minReplicas.
+    drain_pending(&env, &stream, &busy).await;
+    wait_for(&deployments, "workers", "minReplicas", |d| replicas(d) == 1).await;
+}
+
+/// The busy consumers acknowledge what they hold.
+async fn drain_pending(env: &TestEnv, stream: &str, consumers: &[&str]) {
+    let mut redis = env.redis().await;
+    for c in consumers {
+        let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg("workers")
+            .arg("-")
+            .arg("+")
+            .arg(10)
+            .arg(*c)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let ids: Vec<String> = pending.ids.into_iter().map(|p| p.id).collect();
+        if !ids.is_empty() {
+            let _: i64 = redis::cmd("XACK")
+                .arg(stream)
+                .arg("workers")
+                .arg(&ids)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_operator_restarted_mid_burst_makes_no_wrong_decision() {
+    let (env, op, stream) = setup(
+        "as-restart",
+        json!({"minReplicas": 1, "maxReplicas": 6, "targetLatency": "10s", "processingTime": "1s", "scaleDownDelay": "5s"}),
+    )
+    .await;
+    let deployments = env.api::<Deployment>();
+    xadd(&env, &stream, 300).await;
+    wait_for(&deployments, "workers", "6 replicas", |d| replicas(d) == 6).await;
+    support::signal(op.pid(), "KILL");
+    drop(op);
+    let _restarted = Operator::start(&env.namespace, &[]);
+
+    // Watch the Deployment for 8 samples of the new operator: the backlog is
+    // still there, so nothing may scale it down for lack of history.
+    use futures::StreamExt;
+    let mut seen = vec![];
+    let stream_of_changes = kube::runtime::watcher(
+        deployments.clone(),
+        kube::runtime::watcher::Config::default().fields("metadata.name=workers"),
+    );
+    let watch = kube::runtime::WatchStreamExt::applied_objects(stream_of_changes).for_each(|d| {
+        if let Ok(d) = d {
+            seen.push(replicas(&d));
+        }
+        futures::future::ready(())
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(8), watch).await;
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|r| *r == 6),
+        "replicas changed after the restart with the backlog unchanged: {seen:?}"
+    );
+    // And the new operator does keep the status current.
+    wait_for(
+        &env.api::<Consumer>(),
+        "workers",
+        "lag reported by the restarted operator",
+        |c: &Consumer| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.lag == Some(300) && s.desired_replicas == Some(6))
+        },
+    )
+    .await;
 }

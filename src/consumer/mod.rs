@@ -6,10 +6,15 @@ pub mod sampler;
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Pod},
+    jiff::Timestamp,
+};
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ListParams, PartialObjectMeta, Patch, PatchParams},
     runtime::{
         Controller,
         controller::Action,
@@ -198,6 +203,26 @@ async fn workload(consumer: &Consumer, ctx: &Context) -> Result<Workload, Proble
     }
 
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = build::selector(consumer);
+    let pod_list = pods
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| Problem::fault("KubernetesError", format!("listing pods {selector}: {e}")))?;
+    let pod_names: Vec<String> = pod_list.items.iter().map(|p| p.name_any()).collect();
+    let consumer_pending = ctx
+        .decisions
+        .consumer_pending(&consumer.uid().unwrap_or_default())
+        .await;
+    tidy_group(
+        consumer,
+        ctx,
+        &mut admin,
+        &facts.stream,
+        &pod_names,
+        consumer_pending.as_ref(),
+    )
+    .await;
     let name = consumer.name_any();
     let existing = deployments
         .get_opt(&name)
@@ -214,6 +239,9 @@ async fn workload(consumer: &Consumer, ctx: &Context) -> Result<Workload, Proble
             .unwrap_or(a.min_replicas)
             .clamp(a.min_replicas, a.max_replicas.max(a.min_replicas)),
     };
+    if current.is_some_and(|c| desired < c) {
+        protect_busy_pods(&pods, &pod_list.items, consumer_pending.as_ref()).await?;
+    }
     let applied = deployments
         .patch(
             &name,
@@ -246,6 +274,86 @@ async fn workload(consumer: &Consumer, ctx: &Context) -> Result<Workload, Proble
         scaled,
     })
 }
+
+/// The ReplicaSet controller removes pods with the lowest
+/// `pod-deletion-cost` first. Cost = the pod's pending messages, so on
+/// scale-down idle workers go and busy ones finish their work.
+async fn protect_busy_pods(
+    pods: &Api<Pod>,
+    items: &[PartialObjectMeta<Pod>],
+    pending: Option<&BTreeMap<String, u64>>,
+) -> Result<(), Problem> {
+    for pod in items {
+        let name = pod.name_any();
+        let cost = pending
+            .and_then(|p| p.get(&name))
+            .copied()
+            .unwrap_or(0)
+            .min(i32::MAX as u64)
+            .to_string();
+        if pod.annotations().get(DELETION_COST) == Some(&cost) {
+            continue;
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {DELETION_COST: cost}}});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        if let Err(e) = pods.patch_metadata(&name, &params, &Patch::Merge(&patch)).await {
+            // A pod that just went away needs no protection.
+            if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                return Err(Problem::fault("KubernetesError", format!("annotating pod {name}: {e}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Consumer names stay in the group after their pod is gone. Once their
+/// pending entries have been reclaimed by the other workers (XAUTOCLAIM), the
+/// name is deleted; a name still holding entries is left for the next round.
+async fn tidy_group(
+    consumer: &Consumer,
+    ctx: &Context,
+    admin: &mut crate::redis::admin::Admin,
+    stream: &str,
+    pod_names: &[String],
+    pending: Option<&BTreeMap<String, u64>>,
+) {
+    let Some(pending) = pending else { return };
+    let mut removed = vec![];
+    for (name, count) in pending {
+        // Only names shaped like this Consumer's pods: other clients of the group are not ours to remove.
+        if *count > 0 || pod_names.contains(name) || !name.starts_with(&format!("{}-", consumer.name_any())) {
+            continue;
+        }
+        match admin.delete_idle_consumer(stream, &consumer.group(), name).await {
+            Ok(true) => removed.push(name.clone()),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(consumer = %consumer.name_any(), error = %e, "could not remove a departed consumer from the group")
+            }
+        }
+    }
+    if !removed.is_empty() {
+        let note = format!(
+            "removed departed consumer(s) {} from group {}: their pods are gone and nothing was pending",
+            removed.join(", "),
+            consumer.group()
+        );
+        k8s::publish_event(
+            &ctx.recorder,
+            consumer,
+            EventType::Normal,
+            "ConsumersRemoved",
+            "Scale",
+            note,
+        )
+        .await;
+    }
+}
+
+const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
 fn error_policy(_consumer: Arc<Consumer>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %err, "consumer reconcile failed");

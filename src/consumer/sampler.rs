@@ -21,6 +21,7 @@ use crate::{
     api::{ConsumerStatus, Duration as ApiDuration, Queue},
     autoscale::{Autoscaler, ConsumerObservation, Decision, LagSource, Observation, Policy},
     context::Context,
+    metrics::{ConsumerLabels, ConsumerMetrics},
     redis::sampler::{StreamSample, Targets},
 };
 
@@ -34,6 +35,8 @@ struct Latest {
     lag_source: &'static str,
     pending: u64,
     oldest_age: Option<Duration>,
+    /// Pending entries per consumer name (the pod name) at the last sample.
+    consumer_pending: BTreeMap<String, u64>,
 }
 
 impl Decisions {
@@ -41,6 +44,12 @@ impl Decisions {
     pub async fn replicas(&self, uid: &str) -> Option<i32> {
         let latest = self.0.lock().await.get(uid).cloned()?;
         (!latest.decision.hold).then(|| i32::try_from(latest.decision.replicas).unwrap_or(i32::MAX))
+    }
+
+    /// Pending entries per consumer name at the last good sample.
+    pub async fn consumer_pending(&self, uid: &str) -> Option<BTreeMap<String, u64>> {
+        let latest = self.0.lock().await.get(uid).cloned()?;
+        (!latest.decision.hold).then_some(latest.consumer_pending)
     }
 
     pub async fn reason(&self, uid: &str) -> Option<String> {
@@ -109,6 +118,7 @@ pub async fn run(
 ) {
     let epoch = Instant::now();
     let mut scalers: HashMap<String, Autoscaler> = HashMap::new();
+    let mut labels_by_uid: HashMap<String, ConsumerLabels> = HashMap::new();
     let mut ticker = tokio::time::interval(ctx.sample_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -166,6 +176,7 @@ pub async fn run(
                 let latest = match observed {
                     Some((obs, lag_source, oldest_age)) => Latest {
                         pending: obs.pending,
+                        consumer_pending: obs.consumers.iter().map(|c| (c.name.clone(), c.pending)).collect(),
                         decision: scaler.observe(&obs),
                         lag_source,
                         oldest_age,
@@ -180,9 +191,11 @@ pub async fn run(
                             lag_source: "unknown",
                             pending,
                             oldest_age: None,
+                            consumer_pending: BTreeMap::new(),
                         }
                     }
                 };
+                record(&ctx.metrics.consumers, &consumer, &latest, current);
                 let change = !latest.decision.hold && latest.decision.replicas != current;
                 ctx.decisions.0.lock().await.insert(uid, latest);
                 if change {
@@ -192,9 +205,50 @@ pub async fn run(
             }
         }
         let alive: Vec<String> = all.iter().filter_map(|c| c.uid()).collect();
+        for gone in scalers.keys().filter(|uid| !alive.contains(uid)) {
+            if let Some(labels) = labels_by_uid.remove(gone) {
+                ctx.metrics.consumers.forget(&labels);
+            }
+        }
+        for c in &all {
+            if let Some(uid) = c.uid() {
+                labels_by_uid.entry(uid).or_insert_with(|| labels(c));
+            }
+        }
         scalers.retain(|uid, _| alive.contains(uid));
         ctx.decisions.forget_missing(&alive).await;
     }
+}
+
+fn labels(consumer: &Consumer) -> ConsumerLabels {
+    ConsumerLabels {
+        namespace: consumer.namespace().unwrap_or_default(),
+        consumer: consumer.name_any(),
+    }
+}
+
+fn record(m: &ConsumerMetrics, consumer: &Consumer, latest: &Latest, current: u32) {
+    let l = labels(consumer);
+    let e = &latest.decision.estimates;
+    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    if let Some(lag) = e.lag {
+        m.lag.get_or_create(&l).set(gauge(lag));
+    }
+    m.pending.get_or_create(&l).set(gauge(latest.pending));
+    if let Some(r) = e.arrival_rate {
+        m.arrival_rate.get_or_create(&l).set(r);
+    }
+    if let Some(r) = e.completion_rate {
+        m.completion_rate.get_or_create(&l).set(r);
+    }
+    m.processing_seconds
+        .get_or_create(&l)
+        .set(e.processing_time.as_secs_f64());
+    m.desired_replicas
+        .get_or_create(&l)
+        .set(i64::from(latest.decision.replicas));
+    m.current_replicas.get_or_create(&l).set(i64::from(current));
+    m.decisions.get_or_create(&l).inc();
 }
 
 /// The autoscaler's view of one group in a stream sample.

@@ -399,6 +399,25 @@ impl Admin {
         }
     }
 
+    /// Removes a consumer name from a group, only while it holds nothing:
+    /// `XGROUP DELCONSUMER` would drop its pending entries with it.
+    pub async fn delete_idle_consumer(&mut self, stream: &str, group: &str, consumer: &str) -> Result<bool, Error> {
+        // Checked and deleted in one script, so a message delivered in between is never dropped.
+        let script = "local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) \
+                      if #p > 0 then return -1 end \
+                      return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])";
+        let removed: i64 = ::redis::cmd("EVAL")
+            .arg(script)
+            .arg(1)
+            .arg(stream)
+            .arg(group)
+            .arg(consumer)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(removed == 0)
+    }
+
     /// Removes a Queue from Redis: always its ACL users; its ownership claim
     /// when it holds it (`owns_claim`); with `delete_data` also the streams and
     /// the worker stats.
