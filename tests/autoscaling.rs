@@ -146,7 +146,10 @@ async fn burst_scales_up_within_two_sample_intervals_then_drains_back_after_the_
     );
     assert!(status.oldest_message_age.is_some());
     let reason = status.last_scale_reason.unwrap();
-    assert!(reason.contains("lag") && reason.contains("→"), "the reason gives the numbers: {reason}");
+    assert!(
+        reason.contains("lag") && reason.contains("→"),
+        "the reason gives the numbers: {reason}"
+    );
 
     // Workers ack everything: back to minReplicas, but not before scaleDownDelay.
     drain(&env, &stream).await;

@@ -70,6 +70,9 @@ pub struct Outcome {
     /// In a scenario beyond max_replicas: seconds from the end of the overload until nothing
     /// waits any more (`None`: still waiting when the simulation ended).
     pub drain_s: Option<f64>,
+    /// Handler time of every completed message ÷ concurrency: the replica-seconds no policy can
+    /// go below.
+    pub busy_replica_seconds: f64,
     pub series: Vec<Point>,
 }
 
@@ -561,6 +564,7 @@ impl<'a> Sim<'a> {
             scale_events: self.scale_events,
             max_backlog: self.max_backlog,
             interrupted: self.interrupted,
+            busy_replica_seconds: self.pods.iter().map(|p| p.busy).sum::<f64>() / f64::from(self.concurrency),
             drain_s: self
                 .overload_end
                 .and_then(|overload_end| self.drained_at.map(|t| t - overload_end)),

@@ -68,7 +68,7 @@ pub const KEDA_BEST_MIN_WITHIN_SLO_PCT: f64 = 99.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
-    #[error("cannot read scenario {path}: {source}")]
+    #[error("cannot read scenario {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("invalid scenario {path}: {why}")]
     Scenario { path: PathBuf, why: String },
@@ -76,7 +76,7 @@ pub enum SimulateError {
     PlotNeedsOneScenario(usize),
     #[error("two scenarios are both named {0:?}; names must differ (they name the plots)")]
     DuplicateName(String),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("cannot draw {path}: {why}")]
     Plot { path: PathBuf, why: String },
@@ -107,6 +107,8 @@ pub struct Summary {
 pub struct PolicyRun {
     pub summary: Summary,
     pub drain_s: Option<f64>,
+    /// See [`Outcome::busy_replica_seconds`].
+    pub busy_replica_seconds: f64,
     pub series: Vec<Point>,
 }
 
@@ -149,6 +151,7 @@ fn policy_run(scenario: &Scenario, policy: &str, param: Option<u64>, outcome: Ou
             interrupted: outcome.interrupted,
         },
         drain_s: outcome.drain_s,
+        busy_replica_seconds: outcome.busy_replica_seconds,
         series: outcome.series,
     }
 }

@@ -132,6 +132,8 @@ impl Keda {
         }
         let hpa_min = self.min_replicas.max(1);
         let target = self.lag_target as f64;
+        // The ratio is against status.replicas; pods are created at once (starting) here, so it
+        // equals spec.replicas.
         let usage_ratio = lag as f64 / (target * f64::from(current));
         let proposal = if (1.0 - usage_ratio).abs() > HPA_TOLERANCE {
             (lag as f64 / target).ceil().min(f64::from(u32::MAX)) as u32
