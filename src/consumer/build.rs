@@ -170,7 +170,7 @@ spec:
         (c, d)
     }
 
-    fn env<'a>(d: &'a Deployment, container: usize) -> &'a [EnvVar] {
+    fn env(d: &Deployment, container: usize) -> &[EnvVar] {
         d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[container]
             .env
             .as_deref()

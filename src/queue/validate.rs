@@ -24,13 +24,12 @@ pub fn validate(queue: &Queue) -> Result<(), Invalid> {
     }
     if let Broker::Managed(managed) = &queue.spec.broker
         && let Some(storage) = &managed.storage
+        && !is_quantity(&storage.size)
     {
-        if !is_quantity(&storage.size) {
-            return Err(Invalid(format!(
-                "spec.broker.managed.storage.size {:?} is not a Kubernetes quantity: write it like 1Gi or 500Mi",
-                storage.size
-            )));
-        }
+        return Err(Invalid(format!(
+            "spec.broker.managed.storage.size {:?} is not a Kubernetes quantity: write it like 1Gi or 500Mi",
+            storage.size
+        )));
     }
     if queue.spec.delivery.visibility_timeout.as_millis() < 1_000 {
         return Err(Invalid(

@@ -442,10 +442,11 @@ const MAX_REMEMBERED_ERRORS: usize = 10_000;
 impl Shared {
     fn remember_error(&self, id: &str, error: &str) {
         let mut errors = self.last_errors.lock().unwrap_or_else(|p| p.into_inner());
-        if errors.len() >= MAX_REMEMBERED_ERRORS && !errors.contains_key(id) {
-            if let Some(k) = errors.keys().next().cloned() {
-                errors.remove(&k);
-            }
+        if errors.len() >= MAX_REMEMBERED_ERRORS
+            && !errors.contains_key(id)
+            && let Some(k) = errors.keys().next().cloned()
+        {
+            errors.remove(&k);
         }
         errors.insert(id.to_owned(), error.to_owned());
     }
@@ -684,7 +685,7 @@ async fn settle_loop(
     Ok(())
 }
 
-async fn with_retries<'a, T, F, Fut>(link: &'a mut Link, mut op: F) -> Result<T, StreamError>
+async fn with_retries<T, F, Fut>(link: &mut Link, mut op: F) -> Result<T, StreamError>
 where
     F: FnMut(MultiplexedConnection) -> Fut,
     Fut: Future<Output = Result<T, StreamError>>,
