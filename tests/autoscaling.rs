@@ -301,6 +301,41 @@ async fn scale_down_keeps_the_workers_that_hold_pending_messages() {
     // Once they acknowledge, the Consumer goes down to minReplicas.
     drain_pending(&env, &stream, &busy).await;
     wait_for(&deployments, "workers", "minReplicas", |d| replicas(d) == 1).await;
+    // The busy worker whose pod went away is removed from the group once it holds nothing.
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    loop {
+        let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg("workers")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let names: Vec<String> = consumers
+            .iter()
+            .map(|c| redis::from_redis_value::<String>(c["name"].clone()).unwrap())
+            .collect();
+        let running = env.kubectl_ok(&[
+            "get",
+            "pods",
+            "-l",
+            "streamq.dev/consumer=workers",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        let departed: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with("workers-") && !running.contains(n.as_str()))
+            .collect();
+        if departed.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "departed consumers still in the group: {departed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The busy consumers acknowledge what they hold.

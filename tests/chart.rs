@@ -96,7 +96,10 @@ async fn chart_installs_under_restricted_pod_security_and_its_rbac_runs_the_oper
         ("watch", "queues.streamq.dev", "", "yes"),
         ("patch", "consumers.streamq.dev", "status", "yes"),
         ("create", "events.events.k8s.io", "", "yes"),
-        ("list", "pods", "", "no"),
+        ("list", "pods", "", "yes"),
+        ("create", "pods", "", "no"),
+        ("delete", "pods", "", "no"),
+        ("get", "nodes", "", "no"),
         ("delete", "queues.streamq.dev", "", "no"),
         ("delete", "secrets", "", "no"),
     ] {

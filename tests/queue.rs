@@ -750,6 +750,9 @@ async fn the_younger_of_two_queues_on_one_stream_key_gets_conflict_and_touches_n
     // The older one is unaffected.
     let first = queues.get("first").await.unwrap();
     assert_eq!(condition(&first, "Ready").unwrap().0, ConditionStatus::True);
+    // Fixed by removing the older Queue: its cleanup releases the claim, the younger takes it.
+    queues.delete("first", &DeleteParams::default()).await.unwrap();
+    wait_ready(&env, "second").await;
 }
 
 /// A server that speaks just enough RESP to pass for Redis 6.2.
@@ -951,4 +954,86 @@ async fn deleting_a_queue_whose_redis_is_gone_says_why_then_gives_up_with_an_eve
     gone.await;
     let notes = wait_event(&env, "CleanupAbandoned").await;
     assert!(notes[0].contains("may remain"), "{notes:?}");
+}
+
+/// The Queue's real credentials, end to end: `streamq publish` as the
+/// producer user and `streamq worker` as the consumer user drain a stream.
+#[tokio::test]
+async fn publish_and_worker_run_with_the_queues_restricted_users() {
+    let (env, _op) = setup("q-e2e").await;
+    env.api::<Queue>()
+        .create(&PostParams::default(), &external("jobs", json!({})))
+        .await
+        .unwrap();
+    let q = wait_ready(&env, "jobs").await;
+    let stream = q.status.unwrap().stream_key.unwrap();
+    let producer_url = secret_value(&env, "jobs-producer", "url").await;
+    let consumer_url = secret_value(&env, "jobs-consumer", "url").await;
+    let mut admin = env.redis().await;
+    // Group creation is the Consumer controller's job; here the test does it.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+
+    let publish = std::process::Command::new(env!("CARGO_BIN_EXE_streamq"))
+        .args(["publish", "--url", &producer_url, "--stream", &stream, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = publish.stdin.as_ref().unwrap();
+        for i in 0..200 {
+            writeln!(stdin, "message {i}").unwrap();
+        }
+    }
+    let out = publish.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_streamq"))
+        .args(["worker", "--", "sh", "-c", "cat > /dev/null"])
+        .env("STREAMQ_REDIS_URL", &consumer_url)
+        .env("STREAMQ_STREAM", &stream)
+        .env("STREAMQ_GROUP", "g")
+        .env("STREAMQ_CONSUMER", "w1")
+        .env("STREAMQ_CONCURRENCY", "8")
+        .env("STREAMQ_DEAD_LETTER_STREAM", format!("{stream}:dlq"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    loop {
+        let pending: redis::streams::StreamPendingReply = admin.xpending(&stream, "g").await.unwrap();
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let lag: i64 = redis::from_redis_value(groups[0]["lag"].clone()).unwrap_or(-1);
+        if lag == 0 && pending.count() == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker did not drain the stream: lag {lag}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    support::signal(worker.id(), "TERM");
+    let status = worker.wait().unwrap();
+    assert!(status.success(), "worker exited with {status}");
+    let processed: Option<u64> = admin.hget(format!("{stream}:stats:g"), "processed:w1").await.unwrap();
+    assert_eq!(processed, Some(200), "the worker accounts its work in the stats hash");
 }

@@ -92,6 +92,11 @@ pub async fn reconcile(consumer: Arc<Consumer>, ctx: Arc<Context>) -> Result<Act
             },
         ],
     };
+    let uid = consumer.uid().unwrap_or_default();
+    if let Some(why) = outcome.as_ref().ok().and_then(|w| w.scaled.clone()) {
+        ctx.decisions.record_scale(&uid, why).await;
+    }
+    let last_scale = ctx.decisions.last_scale(&uid).await;
     let status = ConsumerStatus {
         observed_generation: generation,
         conditions: merge_conditions(&previous.conditions, conditions, Timestamp::now(), generation),
@@ -99,15 +104,11 @@ pub async fn reconcile(consumer: Arc<Consumer>, ctx: Arc<Context>) -> Result<Act
         replicas: outcome.as_ref().ok().map(|w| w.replicas).or(previous.replicas),
         ready_replicas: outcome.as_ref().ok().map(|w| w.ready).or(previous.ready_replicas),
         desired_replicas: outcome.as_ref().ok().map(|w| w.desired).or(previous.desired_replicas),
-        last_scale_time: match outcome.as_ref().ok().and_then(|w| w.scaled.as_ref()) {
-            Some(_) => Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now())),
-            None => previous.last_scale_time.clone(),
-        },
-        last_scale_reason: outcome
+        last_scale_time: last_scale
             .as_ref()
-            .ok()
-            .and_then(|w| w.scaled.clone())
-            .or(previous.last_scale_reason.clone()),
+            .map(|l| l.time.clone())
+            .or(previous.last_scale_time.clone()),
+        last_scale_reason: last_scale.map(|l| l.reason).or(previous.last_scale_reason.clone()),
         ..ctx
             .decisions
             .observed_status(&consumer.uid().unwrap_or_default(), previous)

@@ -25,9 +25,17 @@ use crate::{
     redis::sampler::{StreamSample, Targets},
 };
 
-/// The latest decision and observation per Consumer uid.
+/// The latest decision and observation per Consumer uid, and the last
+/// scaling the controller did (kept here, not read back from the cached
+/// status, which can be one write behind).
 #[derive(Default)]
-pub struct Decisions(Mutex<HashMap<String, Latest>>);
+pub struct Decisions(Mutex<HashMap<String, Latest>>, Mutex<HashMap<String, LastScale>>);
+
+#[derive(Clone)]
+pub struct LastScale {
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    pub reason: String,
+}
 
 #[derive(Clone)]
 struct Latest {
@@ -50,6 +58,15 @@ impl Decisions {
     pub async fn consumer_pending(&self, uid: &str) -> Option<BTreeMap<String, u64>> {
         let latest = self.0.lock().await.get(uid).cloned()?;
         (!latest.decision.hold).then_some(latest.consumer_pending)
+    }
+
+    pub async fn record_scale(&self, uid: &str, reason: String) {
+        let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+        self.1.lock().await.insert(uid.to_owned(), LastScale { time, reason });
+    }
+
+    pub async fn last_scale(&self, uid: &str) -> Option<LastScale> {
+        self.1.lock().await.get(uid).cloned()
     }
 
     pub async fn reason(&self, uid: &str) -> Option<String> {
@@ -87,6 +104,7 @@ impl Decisions {
 
     async fn forget_missing(&self, alive: &[String]) {
         self.0.lock().await.retain(|uid, _| alive.contains(uid));
+        self.1.lock().await.retain(|uid, _| alive.contains(uid));
     }
 }
 

@@ -224,12 +224,11 @@ async fn provision(queue: &Queue, ctx: &Context) -> Result<Provisioned, Problem>
             Ok::<_, Problem>(secret.and_then(|s| secret_value(&s, "password")))
         }
     };
-    let producer_password = existing_password(names.producer_secret.clone())
-        .await?
-        .unwrap_or_else(build::generate_password);
-    let consumer_password = existing_password(names.consumer_secret.clone())
-        .await?
-        .unwrap_or_else(build::generate_password);
+    let producer_existing = existing_password(names.producer_secret.clone()).await?;
+    let consumer_existing = existing_password(names.consumer_secret.clone()).await?;
+    let credentials_created = producer_existing.is_none() || consumer_existing.is_none();
+    let producer_password = producer_existing.unwrap_or_else(build::generate_password);
+    let consumer_password = consumer_existing.unwrap_or_else(build::generate_password);
     let spec = redis_spec(queue, producer_password, consumer_password);
 
     let redis_problem = |e: admin::Error| Problem::fault(e.reason(), e.to_string());
@@ -268,6 +267,21 @@ async fn provision(queue: &Queue, ctx: &Context) -> Result<Provisioned, Problem>
             m.admin_url = Some(broker.admin_url.clone())
         })
         .await;
+    if credentials_created {
+        let note = format!(
+            "credentials Secrets {} and {} written",
+            names.producer_secret, names.consumer_secret
+        );
+        k8s::publish_event(
+            &ctx.recorder,
+            queue,
+            EventType::Normal,
+            "CredentialsCreated",
+            "Provision",
+            note,
+        )
+        .await;
+    }
     // The status in the cache may lag one round behind; memory does not.
     let provisioned_before = ctx
         .queues
