@@ -6,36 +6,16 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::{
-    ByteString,
-    api::{apps::v1::Deployment, core::v1::Secret},
-};
-use kube::api::{ObjectMeta, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::PostParams;
 use serde_json::json;
-use streamq::api::{ConditionStatus, Consumer, Queue};
+use streamq::api::{ConditionStatus, Consumer};
 use support::{Operator, TestEnv, wait_for, wait_for_within};
 
 async fn setup(prefix: &str, autoscaling: serde_json::Value) -> (TestEnv, Operator, String) {
     let env = TestEnv::new(prefix).await;
     let op = Operator::start(&env.namespace, &[]);
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("redis-admin".into()),
-            ..Default::default()
-        },
-        data: Some([("url".to_owned(), ByteString(env.redis_url.as_bytes().to_vec()))].into()),
-        ..Default::default()
-    };
-    env.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    let queue: Queue = serde_json::from_value(json!({
-        "apiVersion": "streamq.dev/v1alpha1", "kind": "Queue", "metadata": {"name": "jobs"},
-        "spec": {"broker": {"external": {"urlSecretRef": {"name": "redis-admin", "key": "url"}}}},
-    }))
-    .unwrap();
-    env.api::<Queue>().create(&PostParams::default(), &queue).await.unwrap();
+    env.ready_queue("jobs").await;
     let consumer: Consumer = serde_json::from_value(json!({
         "apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer", "metadata": {"name": "workers"},
         "spec": {"queueRef": {"name": "jobs"}, "autoscaling": autoscaling,

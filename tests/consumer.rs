@@ -3,43 +3,11 @@
 
 mod support;
 
-use k8s_openapi::{
-    ByteString,
-    api::{apps::v1::Deployment, core::v1::Secret},
-};
-use kube::api::{ObjectMeta, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::PostParams;
 use serde_json::json;
-use streamq::api::{ConditionStatus, Consumer, Queue};
+use streamq::api::Consumer;
 use support::{Operator, TestEnv, wait_for};
-
-async fn ready_queue(env: &TestEnv, name: &str) -> Queue {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("redis-admin".into()),
-            ..Default::default()
-        },
-        data: Some([("url".to_owned(), ByteString(env.redis_url.as_bytes().to_vec()))].into()),
-        ..Default::default()
-    };
-    env.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    let queue: Queue = serde_json::from_value(json!({
-        "apiVersion": "streamq.dev/v1alpha1", "kind": "Queue", "metadata": {"name": name},
-        "spec": {"broker": {"external": {"urlSecretRef": {"name": "redis-admin", "key": "url"}}}},
-    }))
-    .unwrap();
-    env.api::<Queue>().create(&PostParams::default(), &queue).await.unwrap();
-    wait_for(&env.api::<Queue>(), name, "Ready", |q: &Queue| {
-        q.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True)
-        })
-    })
-    .await
-}
 
 fn consumer(name: &str, queue: &str, extra: serde_json::Value) -> Consumer {
     let mut spec = json!({
@@ -70,7 +38,7 @@ fn pod_template(d: &Deployment) -> &k8s_openapi::api::core::v1::PodTemplateSpec 
 async fn deployment_carries_the_template_plus_the_env_contract_and_rolls_on_change() {
     let env = TestEnv::new("c-deploy").await;
     let _op = Operator::start(&env.namespace, &[]);
-    let queue = ready_queue(&env, "orders").await;
+    let queue = env.ready_queue("orders").await;
     let consumers = env.api::<Consumer>();
     consumers
         .create(
@@ -162,7 +130,7 @@ async fn deployment_carries_the_template_plus_the_env_contract_and_rolls_on_chan
 async fn fixed_replicas_follow_spec_and_kubectl_scale() {
     let env = TestEnv::new("c-scale").await;
     let _op = Operator::start(&env.namespace, &[]);
-    ready_queue(&env, "orders").await;
+    env.ready_queue("orders").await;
     env.api::<Consumer>()
         .create(
             &PostParams::default(),
@@ -224,7 +192,7 @@ async fn a_consumer_of_a_missing_queue_says_so_and_recovers() {
         .message
         .clone();
     assert!(message.contains("later") && message.contains("create it"), "{message}");
-    ready_queue(&env, "later").await;
+    env.ready_queue("later").await;
     wait_for(
         &env.api::<Deployment>(),
         "billing",
@@ -238,7 +206,7 @@ async fn a_consumer_of_a_missing_queue_says_so_and_recovers() {
 async fn start_from_latest_skips_what_is_already_in_the_stream() {
     let env = TestEnv::new("c-latest").await;
     let _op = Operator::start(&env.namespace, &[]);
-    let queue = ready_queue(&env, "orders").await;
+    let queue = env.ready_queue("orders").await;
     let mut redis = env.redis().await;
     let old: String = redis::cmd("XADD")
         .arg(queue.stream_key())

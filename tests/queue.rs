@@ -4,10 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::{
-    ByteString,
-    api::{apps::v1::StatefulSet, core::v1::Secret, events::v1::Event},
-};
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Secret, events::v1::Event};
 use kube::{
     Api,
     api::{DeleteParams, ListParams, PostParams},
@@ -34,31 +31,7 @@ where
     .unwrap();
 }
 
-fn secret(name: &str, key: &str, value: &str) -> Secret {
-    Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some([(key.to_owned(), ByteString(value.as_bytes().to_vec()))].into()),
-        ..Default::default()
-    }
-}
-
-fn queue(name: &str, spec: serde_json::Value) -> Queue {
-    serde_json::from_value(
-        json!({"apiVersion": "streamq.dev/v1alpha1", "kind": "Queue", "metadata": {"name": name}, "spec": spec}),
-    )
-    .unwrap()
-}
-
-fn external(name: &str, extra: serde_json::Value) -> Queue {
-    let mut spec = json!({"broker": {"external": {"urlSecretRef": {"name": "redis-admin", "key": "url"}}}});
-    for (k, v) in extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    queue(name, spec)
-}
+use support::{external_queue as external, queue, secret};
 
 fn condition(q: &Queue, type_: &str) -> Option<(ConditionStatus, String, String)> {
     q.status

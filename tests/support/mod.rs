@@ -352,3 +352,64 @@ pub fn read(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(repo_root().join(path.as_ref()))
         .unwrap_or_else(|e| panic!("read {}: {e}", path.as_ref().display()))
 }
+
+/// A Secret with one key.
+pub fn secret(name: &str, key: &str, value: &str) -> k8s_openapi::api::core::v1::Secret {
+    k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some([(key.to_owned(), k8s_openapi::ByteString(value.as_bytes().to_vec()))].into()),
+        ..Default::default()
+    }
+}
+
+/// A Queue with the given spec.
+pub fn queue(name: &str, spec: serde_json::Value) -> streamq::api::Queue {
+    serde_json::from_value(
+        serde_json::json!({"apiVersion": "streamq.dev/v1alpha1", "kind": "Queue", "metadata": {"name": name}, "spec": spec}),
+    )
+    .unwrap()
+}
+
+/// A Queue on the test's redis-server, through the Secret `redis-admin`, with `extra` spec fields.
+pub fn external_queue(name: &str, extra: serde_json::Value) -> streamq::api::Queue {
+    let mut spec = serde_json::json!({"broker": {"external": {"urlSecretRef": {"name": "redis-admin", "key": "url"}}}});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    queue(name, spec)
+}
+
+impl TestEnv {
+    /// The Secret `redis-admin` holding the test redis-server's admin URL.
+    pub async fn create_admin_secret(&self) {
+        self.api::<k8s_openapi::api::core::v1::Secret>()
+            .create(&PostParams::default(), &secret("redis-admin", "url", &self.redis_url))
+            .await
+            .unwrap();
+    }
+
+    /// Creates an external Queue `name` (and the admin Secret) and waits until it is Ready.
+    pub async fn ready_queue(&self, name: &str) -> streamq::api::Queue {
+        self.create_admin_secret().await;
+        self.api::<streamq::api::Queue>()
+            .create(&PostParams::default(), &external_queue(name, serde_json::json!({})))
+            .await
+            .unwrap();
+        wait_for(
+            &self.api::<streamq::api::Queue>(),
+            name,
+            "Ready",
+            |q: &streamq::api::Queue| {
+                q.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == streamq::api::ConditionStatus::True)
+                })
+            },
+        )
+        .await
+    }
+}

@@ -78,38 +78,12 @@ impl TestQueue {
         let password = format!("pw-{}", unique("p"));
         let mut conn = admin().await;
         let _: () = cmd(&mut conn, &["XGROUP", "CREATE", &stream, &group, "0", "MKSTREAM"]).await;
-        let stats_pattern = format!("~{stream}:stats:*");
-        let _: () = cmd(
-            &mut conn,
-            &[
-                "ACL",
-                "SETUSER",
-                &user,
-                "on",
-                &format!(">{password}"),
-                "resetkeys",
-                "resetchannels",
-                "-@all",
-                "+ping",
-                "+hello",
-                "+auth",
-                "+client|setname",
-                "+multi",
-                "+exec",
-                "+xreadgroup",
-                "+xack",
-                "+xautoclaim",
-                "+xclaim",
-                "+xpending",
-                "+xinfo",
-                "+xgroup|createconsumer",
-                "+xgroup|delconsumer",
-                &format!("~{stream}"),
-                &format!("(+xadd ~{dlq})"),
-                &format!("(+hincrby +hset +hgetall {stats_pattern})"),
-            ],
-        )
-        .await;
+        // Exactly the rules the operator gives a Queue's consumer user.
+        let rules =
+            streamq::redis::acl::setuser_rules(streamq::redis::acl::Role::Consumer, &password, &stream, Some(&dlq));
+        let mut args = vec!["ACL", "SETUSER", user.as_str()];
+        args.extend(rules.iter().map(String::as_str));
+        let _: () = cmd(&mut conn, &args).await;
         let consumer_url = with_credentials(&redis_url(), &user, &password);
         let dir = std::env::temp_dir().join(&stream);
         std::fs::create_dir_all(&dir).expect("create a scratch directory");
