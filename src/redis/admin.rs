@@ -123,6 +123,7 @@ pub struct Admin {
 
 /// Parses a URL without connecting. The error never repeats the URL: it may hold a password.
 pub fn parse_url(url: &str) -> Result<(Client, Endpoint), Error> {
+    super::install_tls_provider();
     let client =
         Client::open(url.trim()).map_err(|e| Error::InvalidUrl(e.detail().unwrap_or("unparsable").to_owned()))?;
     let info = client.get_connection_info();

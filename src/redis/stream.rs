@@ -131,6 +131,7 @@ pub async fn connect(
     response_timeout: Duration,
 ) -> Result<MultiplexedConnection, StreamError> {
     let target = redacted_target(url);
+    super::install_tls_provider();
     let client = ::redis::Client::open(url).map_err(|e| StreamError::InvalidUrl(format!("{target}: {e}")))?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
