@@ -111,9 +111,10 @@ async fn deployment_carries_the_template_plus_the_env_contract_and_rolls_on_chan
     assert_eq!(pods.split_whitespace().filter(|p| *p == "Running").count(), 2, "{pods}");
 
     // A template change rolls the Deployment.
-    let mut c = consumers.get("billing").await.unwrap();
-    c.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example.com/worker:2".into());
-    consumers.replace("billing", &PostParams::default(), &c).await.unwrap();
+    support::update(&consumers, "billing", |c: &mut Consumer| {
+        c.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example.com/worker:2".into());
+    })
+    .await;
     wait_for(&deployments, "billing", "rolled to worker:2", |d: &Deployment| {
         let image =
             pod_template(d).spec.as_ref().unwrap().containers[0].image.as_deref() == Some("example.com/worker:2");

@@ -5,7 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use kube::{Api, api::PostParams};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
 use serde_json::json;
 use streamq::api::{Consumer, Queue};
 use support::{TestEnv, kubectl_ok, wait_for};
@@ -292,9 +295,16 @@ async fn reconcilers_set_observed_generation_and_operator_serves_health_and_metr
     .await;
 
     // A spec change bumps the generation, and the reconciler catches up.
-    let mut c = consumers.get("billing").await.unwrap();
-    c.spec.concurrency = 4;
-    consumers.replace("billing", &PostParams::default(), &c).await.unwrap();
+    // A merge patch, not get-and-replace: the operator writes status concurrently, and a
+    // replace carrying a stale resourceVersion would be refused with a Conflict.
+    consumers
+        .patch(
+            "billing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"concurrency": 4}})),
+        )
+        .await
+        .unwrap();
     wait_for(&consumers, "billing", "observedGeneration 2", |c: &Consumer| {
         c.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
     })

@@ -147,6 +147,7 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
     rule.push_str("---:|---:|");
     let _ = writeln!(out, "{header}\n{rule}");
     let mut ratios = Vec::new();
+    let mut feasible_ratios = Vec::new();
     let mut floors = Vec::new();
     let mut streamq_missed = Vec::new();
     let mut costlier = Vec::new();
@@ -196,6 +197,11 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
             if !infeasible && sq.summary.within_slo_pct < GOAL_WITHIN_SLO_PCT {
                 streamq_missed.push(format!("{} ({:.2} %)", r.scenario.name, sq.summary.within_slo_pct));
             }
+            if let Some(ratio) = ratio
+                && !infeasible
+            {
+                feasible_ratios.push(ratio);
+            }
             if let (Some(kb), Some(ratio)) = (kb, ratio)
                 && !infeasible
                 && sq.summary.within_slo_pct >= GOAL_WITHIN_SLO_PCT
@@ -244,6 +250,16 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
                 ),
                 None => "no scenario where both meet the SLO.".to_owned(),
             }
+        );
+        // The goal's wording admits a second reading: the median over the whole feasible
+        // suite, keda-best taken at its best attainment where no lagCount reaches 99 %.
+        // Both are printed so that neither reading is hidden.
+        let _ = writeln!(
+            out,
+            "- the same median over every feasible scenario ({}), keda-best at its best attainment \
+             where it misses the SLO: {}",
+            feasible_ratios.len(),
+            median(feasible_ratios.clone()).map_or_else(|| "-".to_owned(), |m| format!("{m:.2}"))
         );
         let _ = writeln!(
             out,

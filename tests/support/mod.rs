@@ -13,11 +13,14 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::{NamespaceResourceScope, api::core::v1::Namespace};
+use k8s_openapi::{
+    NamespaceResourceScope, api::core::v1::Namespace,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
 use kube::{
     Api, Client, Resource,
     api::{DeleteParams, PostParams},
-    runtime::wait::await_condition,
+    runtime::wait::{await_condition, conditions::is_crd_established},
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
@@ -54,15 +57,15 @@ impl TestEnv {
         CRDS_INSTALLED
             .get_or_init(|| async {
                 kubectl_ok(None, &["apply", "--server-side", "--force-conflicts", "-f", "crds/"]);
-                kubectl_ok(
-                    None,
-                    &[
-                        "wait",
-                        "--for=condition=Established",
-                        "crd/queues.streamq.dev",
-                        "crd/consumers.streamq.dev",
-                    ],
-                );
+                // Watched, not `kubectl wait`: right after a first apply the CRD may have no
+                // status.conditions yet, and `kubectl wait` fails on that instead of waiting.
+                let crds = Api::<CustomResourceDefinition>::all(client.clone());
+                for name in ["queues.streamq.dev", "consumers.streamq.dev"] {
+                    tokio::time::timeout(TIMEOUT, await_condition(crds.clone(), name, is_crd_established()))
+                        .await
+                        .unwrap_or_else(|_| panic!("CRD {name} not Established within {TIMEOUT:?}"))
+                        .unwrap_or_else(|err| panic!("watching CRD {name}: {err}"));
+                }
             })
             .await;
 
@@ -412,4 +415,22 @@ impl TestEnv {
         )
         .await
     }
+}
+
+/// Get, modify, replace, retried on 409 Conflict: the operator writes the same object
+/// (status, finalizers) concurrently, so a replace may carry a stale resourceVersion.
+pub async fn update<K>(api: &Api<K>, name: &str, modify: impl Fn(&mut K)) -> K
+where
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    for _ in 0..20 {
+        let mut obj = api.get(name).await.unwrap_or_else(|e| panic!("get {name}: {e}"));
+        modify(&mut obj);
+        match api.replace(name, &PostParams::default(), &obj).await {
+            Ok(updated) => return updated,
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(e) => panic!("replace {name}: {e}"),
+        }
+    }
+    panic!("replace {name}: still conflicting after 20 attempts")
 }
