@@ -24,8 +24,28 @@ const ADMIN_COMMANDS: &[&[&str]] = &[
 /// Every command a user could try on someone else's key, with its arguments.
 fn attempts_on(key: &str) -> Vec<Vec<String>> {
     [
-        vec!["XREADGROUP", "GROUP", "g", "intruder", "COUNT", "1", "STREAMS", key, ">"],
-        vec!["XREADGROUP", "GROUP", "g", "intruder", "COUNT", "1", "STREAMS", key, "0"],
+        vec![
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "intruder",
+            "COUNT",
+            "1",
+            "STREAMS",
+            key,
+            ">",
+        ],
+        vec![
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "intruder",
+            "COUNT",
+            "1",
+            "STREAMS",
+            key,
+            "0",
+        ],
         vec!["XACK", key, "g", "0-1"],
         vec!["XADD", key, "*", "data", "intruder"],
         vec!["XRANGE", key, "-", "+"],
@@ -98,18 +118,34 @@ async fn each_queues_credentials_reach_only_their_own_keys() {
     // dead letter and a stats hash, so every refused command has something to hit.
     let mut admin = env.redis().await;
     for q in [&a, &b] {
-        run(&mut admin, &["XGROUP", "CREATE", &q.stream, "g", "0"]).await.unwrap();
+        run(&mut admin, &["XGROUP", "CREATE", &q.stream, "g", "0"])
+            .await
+            .unwrap();
         run(&mut admin, &["XADD", &q.stream, "*", "data", "m"]).await.unwrap();
     }
-    run(&mut admin, &["XADD", &b.dead_letter, "*", "data", "dead"]).await.unwrap();
-    run(&mut admin, &["HSET", &b.stats("g"), "processed:w", "7"]).await.unwrap();
+    run(&mut admin, &["XADD", &b.dead_letter, "*", "data", "dead"])
+        .await
+        .unwrap();
+    run(&mut admin, &["HSET", &b.stats("g"), "processed:w", "7"])
+        .await
+        .unwrap();
     let b_before = footprint(&mut admin, &b).await;
 
     // A's consumer on A's keys: everything a worker does works.
     let mut consumer = connect(&a.consumer_url).await;
     let read = run(
         &mut consumer,
-        &["XREADGROUP", "GROUP", "g", "w1", "COUNT", "1", "STREAMS", &a.stream, ">"],
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "w1",
+            "COUNT",
+            "1",
+            "STREAMS",
+            &a.stream,
+            ">",
+        ],
     )
     .await;
     assert_allowed(&read, "A consumer: XREADGROUP on A's stream");
@@ -119,8 +155,14 @@ async fn each_queues_credentials_reach_only_their_own_keys() {
         (vec!["XPENDING", &a.stream, "g"], "XPENDING on A's stream"),
         (vec!["XINFO", "GROUPS", &a.stream], "XINFO on A's stream"),
         (vec!["XACK", &a.stream, "g", &id], "XACK on A's stream"),
-        (vec!["XADD", &a.dead_letter, "*", "data", "dead"], "XADD on A's dead-letter stream"),
-        (vec!["HINCRBY", &a.stats("g"), "processed:w1", "1"], "HINCRBY on A's stats"),
+        (
+            vec!["XADD", &a.dead_letter, "*", "data", "dead"],
+            "XADD on A's dead-letter stream",
+        ),
+        (
+            vec!["HINCRBY", &a.stats("g"), "processed:w1", "1"],
+            "HINCRBY on A's stats",
+        ),
         (vec!["HSET", &a.stats("g"), "busy_us:w1", "5"], "HSET on A's stats"),
         (vec!["HGETALL", &a.stats("g")], "HGETALL on A's stats"),
     ] {

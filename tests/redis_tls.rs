@@ -27,7 +27,12 @@ use support::{hardening::*, *};
 /// A CA and a server certificate for 127.0.0.1/localhost, made with openssl in `dir`.
 fn make_certificates(dir: &Path) {
     let sh = |script: &str| {
-        let out = Command::new("sh").arg("-ec").arg(script).current_dir(dir).output().expect("run sh");
+        let out = Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .expect("run sh");
         assert!(
             out.status.success(),
             "openssl failed:\n{}{}",
@@ -255,7 +260,11 @@ async fn rediss_queue_provisions_and_carries_messages_over_tls_only() {
         let stream = creds.stream.clone();
         async move {
             let groups: ::redis::RedisResult<Vec<std::collections::HashMap<String, ::redis::Value>>> =
-                ::redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut admin).await;
+                ::redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&stream)
+                    .query_async(&mut admin)
+                    .await;
             groups.is_ok_and(|g| {
                 g.iter()
                     .any(|g| g.get("name") == Some(&::redis::Value::BulkString(b"workers".to_vec())))
@@ -266,7 +275,10 @@ async fn rediss_queue_provisions_and_carries_messages_over_tls_only() {
 
     // Without the CA the certificate is refused: verification is real.
     let untrusted = publish(&creds.producer_url, &creds.stream, 1, &[]);
-    assert!(!untrusted.status.success(), "publishing without trusting the CA must fail");
+    assert!(
+        !untrusted.status.success(),
+        "publishing without trusting the CA must fail"
+    );
     let stderr = String::from_utf8_lossy(&untrusted.stderr).to_lowercase();
     assert!(stderr.contains("certificate"), "fails on the certificate: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");

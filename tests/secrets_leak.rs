@@ -39,7 +39,10 @@ fn spellings(value: &str) -> Vec<String> {
         let bytes = value.as_bytes();
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
             for i in 0..=chunk.len() {
                 out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
             }
@@ -231,7 +234,10 @@ async fn no_credential_reaches_logs_events_or_status() {
 
     // Then the log and every Event of the namespace.
     let log = op.logs();
-    assert!(log.contains("queue not ready"), "the operator log is the real one: {log}");
+    assert!(
+        log.contains("queue not ready"),
+        "the operator log is the real one: {log}"
+    );
     haystacks.push(("operator log".into(), log));
     let core_events = env.kubectl_ok(&["get", "events", "-o", "json"]);
     assert!(core_events.contains("AuthenticationFailed"), "{core_events}");

@@ -376,7 +376,10 @@ fn error_policy(_consumer: Arc<DeserializeGuard<Consumer>>, err: &Error, ctx: Ar
 
 /// The Consumers of a Queue: reconciled when it changes (e.g. becomes Ready).
 /// By the Queue's name only, so an unreadable Queue still wakes them.
-fn consumers_of(store: &Store<DeserializeGuard<Consumer>>, queue: &DeserializeGuard<Queue>) -> Vec<ObjectRef<DeserializeGuard<Consumer>>> {
+fn consumers_of(
+    store: &Store<DeserializeGuard<Consumer>>,
+    queue: &DeserializeGuard<Queue>,
+) -> Vec<ObjectRef<DeserializeGuard<Consumer>>> {
     store
         .state()
         .iter()

@@ -9,10 +9,7 @@ use std::{
 };
 
 use futures::{SinkExt, channel::mpsc::Sender};
-use kube::{
-    ResourceExt,
-    runtime::reflector::ObjectRef,
-};
+use kube::{ResourceExt, runtime::reflector::ObjectRef};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 

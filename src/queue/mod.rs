@@ -162,7 +162,15 @@ async fn unreadable(guard: &DeserializeGuard<Queue>, invalid: &InvalidObject, ct
                 invalid.error,
                 guard.name_any()
             );
-            k8s::publish_event(&ctx.recorder, guard, EventType::Warning, "CleanupAbandoned", "Delete", note).await;
+            k8s::publish_event(
+                &ctx.recorder,
+                guard,
+                EventType::Warning,
+                "CleanupAbandoned",
+                "Delete",
+                note,
+            )
+            .await;
         }
         return Ok(Action::await_change());
     }
@@ -784,7 +792,8 @@ fn queues_for_secret(
                 .owner_references()
                 .iter()
                 .any(|o| Some(&o.uid) == q.uid().as_ref());
-            let references = matches!(&q.0, Ok(q) if matches!(&q.spec.broker, Broker::External(e) if e.url_secret_ref.name == name));
+            let references =
+                matches!(&q.0, Ok(q) if matches!(&q.spec.broker, Broker::External(e) if e.url_secret_ref.name == name));
             owns || references
         })
         .map(|q| ObjectRef::from_obj(q.as_ref()))

@@ -89,7 +89,10 @@ pub async fn connect(url: &str) -> ::redis::aio::MultiplexedConnection {
 }
 
 /// Sends one raw command.
-pub async fn run(conn: &mut ::redis::aio::MultiplexedConnection, args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
+pub async fn run(
+    conn: &mut ::redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> ::redis::RedisResult<::redis::Value> {
     let mut c = ::redis::cmd(args[0]);
     for a in &args[1..] {
         c.arg(*a);
