@@ -11,7 +11,7 @@
 //! schema forbids, one only the operator can refuse), it must be that one.
 //! The operator must never crash.
 //!
-//! Deterministic: a fixed seed, 48 cases; no shrinking (every case costs a
+//! Deterministic: a fixed seed, 48 cases plus two regressions; no shrinking (every case costs a
 //! round trip to the API server), so a failure names the case's full JSON.
 
 mod support;
@@ -365,6 +365,30 @@ async fn generated_specs_are_rejected_ready_or_degraded_never_a_crash() {
             name,
             kind,
             body,
+            expect,
+            verdict: None,
+        });
+    }
+    // Regressions: what earlier seeds found, kept whatever the seed draws now.
+    let external = json!({"external": {"urlSecretRef": {"name": "redis-admin", "key": "url"}}});
+    for (name, spec, expect) in [
+        // ACL SETUSER refused the key pattern and the Queue retried a RedisError forever.
+        (
+            "regression-space",
+            json!({"broker": external, "streamKey": format!("a key {}", env.namespace)}),
+            Expect::Degraded,
+        ),
+        // XTRIM MAXLEN got 9.2233720368548e+18 from Lua and refused it.
+        (
+            "regression-maxlen",
+            json!({"broker": external, "retention": {"maxLength": i64::MAX, "dropUnprocessed": true}}),
+            Expect::Fine,
+        ),
+    ] {
+        cases.push(Case {
+            name: name.into(),
+            kind: "Queue",
+            body: json!({"apiVersion": "streamq.dev/v1alpha1", "kind": "Queue", "metadata": {"name": name}, "spec": spec}),
             expect,
             verdict: None,
         });
