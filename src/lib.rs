@@ -6,6 +6,7 @@ pub mod autoscale;
 pub mod cli;
 pub mod consumer;
 pub mod context;
+pub mod guard;
 pub mod http;
 pub mod k8s;
 pub mod metrics;

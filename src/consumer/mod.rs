@@ -15,6 +15,7 @@ use k8s_openapi::{
 use kube::{
     Api, ResourceExt,
     api::{ListParams, PartialObjectMeta, Patch, PatchParams},
+    core::DeserializeGuard,
     runtime::{
         Controller,
         controller::Action,
@@ -28,6 +29,7 @@ use self::build::QueueFacts;
 use crate::{
     api::{Condition, Consumer, ConsumerStatus, Queue, StartFrom, merge_conditions},
     context::Context,
+    guard::ValidStore,
     k8s::{self, FIELD_MANAGER},
     queue::status::Problem,
 };
@@ -57,8 +59,18 @@ struct Workload {
     scaled: Option<String>,
 }
 
-pub async fn reconcile(consumer: Arc<Consumer>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(guard: Arc<DeserializeGuard<Consumer>>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let consumer = match &guard.0 {
+        Ok(consumer) => Arc::new(consumer.clone()),
+        // Unreadable (see crate::guard): reported on itself; the others go on.
+        Err(invalid) => {
+            crate::guard::report(&ctx, guard.as_ref(), invalid)
+                .await
+                .map_err(Error::Status)?;
+            return Ok(Action::await_change());
+        }
+    };
     let outcome = workload(&consumer, &ctx).await;
     let previous = consumer.status.clone().unwrap_or_default();
     let generation = consumer.metadata.generation;
@@ -356,18 +368,23 @@ async fn tidy_group(
 
 const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
-fn error_policy(_consumer: Arc<Consumer>, err: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(_consumer: Arc<DeserializeGuard<Consumer>>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %err, "consumer reconcile failed");
     ctx.metrics.reconcile_failed(CONTROLLER, err.metric_label());
     Action::requeue(Duration::from_secs(5))
 }
 
 /// The Consumers of a Queue: reconciled when it changes (e.g. becomes Ready).
-fn consumers_of(store: &Store<Consumer>, queue: &Queue) -> Vec<ObjectRef<Consumer>> {
+/// By the Queue's name only, so an unreadable Queue still wakes them.
+fn consumers_of(
+    store: &Store<DeserializeGuard<Consumer>>,
+    queue: &DeserializeGuard<Queue>,
+) -> Vec<ObjectRef<DeserializeGuard<Consumer>>> {
     store
         .state()
         .iter()
-        .filter(|c| c.namespace() == queue.namespace() && c.spec.queue_ref.name == queue.name_any())
+        .filter(|c| c.namespace() == queue.namespace())
+        .filter(|c| matches!(&c.0, Ok(c) if c.spec.queue_ref.name == queue.name_any()))
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }
@@ -377,18 +394,24 @@ pub fn controller(
     ctx: Arc<Context>,
     woken: impl futures::Stream<Item = ObjectRef<Consumer>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> (impl Future<Output = ()>, Store<Consumer>) {
-    let consumers = ctx.scope.api::<Consumer>(ctx.client.clone());
+) -> (impl Future<Output = ()>, ValidStore<Consumer>) {
+    // Guarded: one Consumer (or Queue) the types cannot read must not stop the watch of all.
+    let consumers = ctx.scope.api::<DeserializeGuard<Consumer>>(ctx.client.clone());
     let controller = Controller::new(consumers, watcher::Config::default().any_semantic());
     let store = controller.store();
     let mapper_store = store.clone();
+    let woken = woken.map(|r| {
+        let mut guarded = ObjectRef::<DeserializeGuard<Consumer>>::new(&r.name);
+        guarded.namespace = r.namespace;
+        guarded
+    });
     let controller = controller
         .owns(
             ctx.scope.api::<Deployment>(ctx.client.clone()),
             watcher::Config::default().labels("app.kubernetes.io/managed-by=streamq"),
         )
         .watches(
-            ctx.scope.api::<Queue>(ctx.client.clone()),
+            ctx.scope.api::<DeserializeGuard<Queue>>(ctx.client.clone()),
             watcher::Config::default(),
             move |q| consumers_of(&mapper_store, &q),
         )
@@ -399,5 +422,5 @@ pub fn controller(
             tracing::debug!(%err, "consumer controller");
         }
     });
-    (fut, store)
+    (fut, ValidStore::new(store))
 }

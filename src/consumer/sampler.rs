@@ -9,10 +9,7 @@ use std::{
 };
 
 use futures::{SinkExt, channel::mpsc::Sender};
-use kube::{
-    ResourceExt,
-    runtime::reflector::{ObjectRef, Store},
-};
+use kube::{ResourceExt, runtime::reflector::ObjectRef};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +18,7 @@ use crate::{
     api::{ConsumerStatus, Duration as ApiDuration, Queue},
     autoscale::{Autoscaler, ConsumerObservation, Decision, LagSource, Observation, Policy},
     context::Context,
+    guard::ValidStore,
     metrics::{ConsumerLabels, ConsumerMetrics},
     redis::sampler::{StreamSample, Targets},
 };
@@ -129,8 +127,8 @@ fn policy(consumer: &Consumer, pod_startup: Duration) -> Option<Policy> {
 /// Runs until `shutdown`.
 pub async fn run(
     ctx: Arc<Context>,
-    consumers: Store<Consumer>,
-    queues: Store<Queue>,
+    consumers: ValidStore<Consumer>,
+    queues: ValidStore<Queue>,
     mut wake: Sender<ObjectRef<Consumer>>,
     shutdown: CancellationToken,
 ) {

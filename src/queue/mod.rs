@@ -24,6 +24,7 @@ use k8s_openapi::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{PartialObjectMeta, Patch, PatchParams, PostParams},
+    core::{DeserializeGuard, error_boundary::InvalidObject},
     runtime::{
         Controller,
         controller::Action,
@@ -39,6 +40,7 @@ use self::status::{Problem, Provisioned};
 use crate::{
     api::{Broker, Queue},
     context::Context,
+    guard::ValidStore,
     k8s::{self, FIELD_MANAGER},
     redis::{
         acl::{self, Role},
@@ -122,8 +124,12 @@ fn smooth_rate(previous: Option<f64>, sample: f64, dt: f64) -> f64 {
     }
 }
 
-pub async fn reconcile(queue: Arc<Queue>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(guard: Arc<DeserializeGuard<Queue>>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let queue = match &guard.0 {
+        Ok(queue) => Arc::new(queue.clone()),
+        Err(invalid) => return unreadable(&guard, invalid, &ctx).await,
+    };
     let api: Api<Queue> = Api::namespaced(ctx.client.clone(), &queue.namespace().unwrap_or_default());
     finalizer(&api, FINALIZER, queue, |event| async {
         match event {
@@ -133,6 +139,43 @@ pub async fn reconcile(queue: Arc<Queue>, ctx: Arc<Context>) -> Result<Action, E
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// A Queue streamq cannot read (see [`crate::guard`]): say so on it and wait
+/// for it to change. Deleted, it loses the finalizer at once: without its
+/// spec there is no telling which Redis to clean, and deletion must not hang.
+async fn unreadable(guard: &DeserializeGuard<Queue>, invalid: &InvalidObject, ctx: &Context) -> Result<Action, Error> {
+    let ns = guard.namespace().unwrap_or_default();
+    if guard.meta().deletion_timestamp.is_some() {
+        if guard.finalizers().iter().any(|f| f == FINALIZER) {
+            let remaining: Vec<&String> = guard.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+            let patch = serde_json::json!({"metadata": {
+                "finalizers": remaining,
+                "resourceVersion": guard.resource_version(),
+            }});
+            Api::<DeserializeGuard<Queue>>::namespaced(ctx.client.clone(), &ns)
+                .patch(&guard.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            let note = format!(
+                "Redis not cleaned up: the Queue cannot be read ({}), so its broker is unknown; \
+                 the ACL users streamq.{ns}.{}.* and the stream may remain",
+                invalid.error,
+                guard.name_any()
+            );
+            k8s::publish_event(
+                &ctx.recorder,
+                guard,
+                EventType::Warning,
+                "CleanupAbandoned",
+                "Delete",
+                note,
+            )
+            .await;
+        }
+        return Ok(Action::await_change());
+    }
+    crate::guard::report(ctx, guard, invalid).await.map_err(Error::Status)?;
+    Ok(Action::await_change())
 }
 
 async fn apply(queue: &Queue, ctx: &Context) -> Result<Action, Error> {
@@ -726,7 +769,7 @@ async fn cleanup(queue: &Queue, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-fn error_policy(_queue: Arc<Queue>, err: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(_queue: Arc<DeserializeGuard<Queue>>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %err, "queue reconcile failed");
     ctx.metrics.reconcile_failed(CONTROLLER, err.metric_label());
     Action::requeue(Duration::from_secs(2))
@@ -734,7 +777,10 @@ fn error_policy(_queue: Arc<Queue>, err: &Error, ctx: Arc<Context>) -> Action {
 
 /// Which Queues a Secret concerns: the one that owns it, and every external
 /// Queue whose URL it holds (so a rotated URL is picked up at once).
-fn queues_for_secret(store: &Store<Queue>, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<Queue>> {
+fn queues_for_secret(
+    store: &Store<DeserializeGuard<Queue>>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<DeserializeGuard<Queue>>> {
     let ns = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
     store
@@ -746,7 +792,8 @@ fn queues_for_secret(store: &Store<Queue>, secret: &PartialObjectMeta<Secret>) -
                 .owner_references()
                 .iter()
                 .any(|o| Some(&o.uid) == q.uid().as_ref());
-            let references = matches!(&q.spec.broker, Broker::External(e) if e.url_secret_ref.name == name);
+            let references =
+                matches!(&q.0, Ok(q) if matches!(&q.spec.broker, Broker::External(e) if e.url_secret_ref.name == name));
             owns || references
         })
         .map(|q| ObjectRef::from_obj(q.as_ref()))
@@ -757,8 +804,9 @@ fn queues_for_secret(store: &Store<Queue>, secret: &PartialObjectMeta<Secret>) -
 pub fn controller(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> (impl Future<Output = ()>, Store<Queue>) {
-    let queues = ctx.scope.api::<Queue>(ctx.client.clone());
+) -> (impl Future<Output = ()>, ValidStore<Queue>) {
+    // Guarded: one Queue the types cannot read must not stop the watch of all.
+    let queues = ctx.scope.api::<DeserializeGuard<Queue>>(ctx.client.clone());
     let controller = Controller::new(queues, watcher::Config::default().any_semantic());
     let store = controller.store();
     let secret_store = store.clone();
@@ -778,5 +826,5 @@ pub fn controller(
             tracing::debug!(%err, "queue controller");
         }
     });
-    (fut, store)
+    (fut, ValidStore::new(store))
 }

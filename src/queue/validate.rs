@@ -17,6 +17,20 @@ pub fn validate(queue: &Queue) -> Result<(), Invalid> {
             "spec.deadLetter.streamKey is the stream itself ({stream:?}): give the dead-letter stream its own key"
         )));
     }
+    // Redis refuses ACL key patterns with whitespace (`ACL SETUSER … ~a b` is a
+    // syntax error), so such a key could never get its per-queue users.
+    for (field, key) in [
+        ("spec.streamKey", Some(&stream)),
+        ("spec.deadLetter.streamKey", queue.dead_letter_stream_key().as_ref()),
+    ] {
+        if let Some(key) = key
+            && key.chars().any(char::is_whitespace)
+        {
+            return Err(Invalid(format!(
+                "{field} {key:?} contains whitespace, which Redis ACL key patterns cannot hold: choose a key without spaces"
+            )));
+        }
+    }
     if stream.ends_with(":owner") || stream.contains(":stats:") {
         return Err(Invalid(format!(
             "spec.streamKey {stream:?} collides with streamq's own keys (':owner', ':stats:'): choose another key"
@@ -88,6 +102,23 @@ mod tests {
             "{BASE}spec: {{broker: {{managed: {{storage: {{size: 1Gi}}}}}}}}"
         ));
         assert_eq!(validate(&ok), Ok(()));
+    }
+
+    #[test]
+    fn keys_with_whitespace_are_refused() {
+        let q = queue(&format!(
+            "{BASE}spec: {{broker: {{managed: {{}}}}, streamKey: \"a b\"}}"
+        ));
+        assert!(
+            validate(&q)
+                .unwrap_err()
+                .0
+                .contains("spec.streamKey \"a b\" contains whitespace")
+        );
+        let q = queue(&format!(
+            "{BASE}spec: {{broker: {{managed: {{}}}}, deadLetter: {{streamKey: \"dead\\tletters\"}}}}"
+        ));
+        assert!(validate(&q).unwrap_err().0.contains("spec.deadLetter.streamKey"));
     }
 
     #[test]

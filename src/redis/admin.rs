@@ -64,6 +64,10 @@ impl Error {
         if err.code() == Some("NOPERM") {
             return Self::NoPermission(err.detail().unwrap_or_default().to_owned());
         }
+        // E.g. `rediss://…#insecure`, which streamq refuses: the URL asks for what cannot be done.
+        if err.kind() == ErrorKind::InvalidClientConfig {
+            return Self::InvalidUrl(err.to_string());
+        }
         if err.is_io_error() || err.is_timeout() || err.is_connection_refusal() || err.is_connection_dropped() {
             return Self::Unreachable {
                 addr: addr.to_owned(),

@@ -66,7 +66,8 @@ end
 if drop_unprocessed then
   -- Hard caps, exact, whatever the groups have not processed yet.
   local trimmed = 0
-  if max_len then trimmed = trimmed + redis.call('XTRIM', stream, 'MAXLEN', max_len) end
+  -- ARGV[1], not max_len: a Lua number above 2^53 would be sent as 9.2e+18, which XTRIM refuses.
+  if max_len then trimmed = trimmed + redis.call('XTRIM', stream, 'MAXLEN', ARGV[1]) end
   if cut then trimmed = trimmed + redis.call('XTRIM', stream, 'MINID', fmt(cut)) end
   return {trimmed, moved, vanished}
 end

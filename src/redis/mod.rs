@@ -10,7 +10,20 @@ pub mod sampler;
 pub mod stream;
 
 /// Makes `rediss://` URLs usable: redis's rustls backend takes the process-wide
-/// crypto provider and fails without one. streamq uses ring, like its
+/// crypto provider and fails without one.
+///
+/// Which CAs are trusted: redis's rustls backend loads the roots with
+/// rustls-native-certs, i.e. the system store (`/etc/ssl/certs`), or only the
+/// PEM file in `SSL_CERT_FILE` (or the directories in `SSL_CERT_DIR`) when set.
+/// That holds for every streamq process alike (operator, `worker`, `publish`),
+/// so a private CA is trusted by mounting it and setting `SSL_CERT_FILE` in
+/// the operator's and the worker pods' environment; tests/redis_tls.rs proves
+/// it, and that a process without the CA is refused. There is deliberately no
+/// per-Queue CA field: the operator could use it, but the workers, which run
+/// the user's pod template, would still need the file, so one mechanism for all
+/// is the less surprising contract. Certificates are always verified:
+/// `rediss://…#insecure` is refused (redis is built without
+/// `tls-rustls-insecure`). streamq uses ring, like its
 /// Kubernetes client. Idempotent and cheap, so every place that opens a Redis
 /// client calls it, and the library works without any set-up by its user.
 pub fn install_tls_provider() {

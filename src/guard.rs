@@ -1,0 +1,150 @@
+//! Objects the Rust types cannot read must not stall the controllers.
+//!
+//! The API server admits what the CRD schema admits; serde can still refuse
+//! it: an object written before a schema change, or a value the schema's
+//! pattern lets through that the type rejects (`visibilityTimeout:
+//! 99999999999999999999s` matches the duration pattern but overflows). A
+//! plain watcher fails its whole list on one such object, and every Queue
+//! or Consumer in scope would stop being reconciled. The controllers
+//! therefore watch `DeserializeGuard<K>`: the readable objects are reconciled
+//! as usual, the unreadable one is reported on its own status and in an Event,
+//! and the rest go on.
+
+use std::sync::Arc;
+
+use k8s_openapi::{NamespaceResourceScope, jiff::Timestamp};
+use kube::{
+    Resource, ResourceExt,
+    core::{DeserializeGuard, error_boundary::InvalidObject},
+    runtime::{
+        events::EventType,
+        reflector::{ObjectRef, Store, store::WriterDropped},
+    },
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::{api::Condition, context::Context, k8s};
+
+/// The condition and Event reason of an object streamq cannot read.
+pub const REASON: &str = "InvalidObject";
+
+/// The readable objects of a controller's `DeserializeGuard` cache, for the
+/// parts of the operator (the sampler) that only care about those.
+pub struct ValidStore<K>(Store<DeserializeGuard<K>>)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static;
+
+impl<K> Clone for ValidStore<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<K> ValidStore<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    pub fn new(store: Store<DeserializeGuard<K>>) -> Self {
+        Self(store)
+    }
+
+    /// Every readable object. Cloned out of the guard: the sampler asks once per interval.
+    pub fn state(&self) -> Vec<Arc<K>> {
+        self.0
+            .state()
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok().map(|k| Arc::new(k.clone())))
+            .collect()
+    }
+
+    /// The object `key`, when it exists and is readable.
+    pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
+        let mut guarded = ObjectRef::<DeserializeGuard<K>>::new(&key.name);
+        guarded.namespace = key.namespace.clone();
+        let found = self.0.get(&guarded)?;
+        found.0.as_ref().ok().map(|k| Arc::new(k.clone()))
+    }
+
+    pub async fn wait_until_ready(&self) -> Result<(), WriterDropped> {
+        self.0.wait_until_ready().await
+    }
+}
+
+/// The message an unreadable object gets: what serde said, and what to do.
+pub fn message<K: Resource<DynamicType = ()>>(invalid: &InvalidObject) -> String {
+    format!(
+        "streamq cannot read this {}: {}. Correct the field holding that value (kubectl edit), \
+         or recreate the object from the current CRD; until then it is not reconciled",
+        K::kind(&()),
+        invalid.error
+    )
+}
+
+/// Reports an unreadable object: `Ready=False` and `Degraded=True` with
+/// reason `InvalidObject` on its status, and a Warning Event.
+pub async fn report<K>(ctx: &Context, guard: &DeserializeGuard<K>, invalid: &InvalidObject) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let note = message::<K>(invalid);
+    let generation = guard.meta().generation;
+    let now = Timestamp::now();
+    let conditions: Vec<Condition> = [
+        Condition::new("Ready", false, REASON, note.clone()),
+        Condition::new("Degraded", true, REASON, note.clone()),
+    ]
+    .into_iter()
+    .map(|mut c| {
+        c.last_transition_time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
+        c.observed_generation = generation;
+        c
+    })
+    .collect();
+    tracing::warn!(kind = %K::kind(&()), name = %guard.name_any(), error = %invalid.error, "object cannot be read; not reconciled");
+    k8s::publish_event(&ctx.recorder, guard, EventType::Warning, REASON, "Read", note).await;
+    k8s::apply_status(
+        &ctx.client,
+        guard,
+        &json!({"observedGeneration": generation, "conditions": conditions}),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Queue;
+
+    /// A value the CRD's duration pattern admits but the type refuses: the
+    /// guard keeps the object, with its metadata, as an error.
+    #[test]
+    fn an_overflowing_duration_is_caught_with_its_metadata() {
+        let raw = json!({
+            "apiVersion": "streamq.dev/v1alpha1", "kind": "Queue",
+            "metadata": {"name": "q", "namespace": "ns", "uid": "u1", "generation": 2},
+            "spec": {"broker": {"managed": {}}, "delivery": {"visibilityTimeout": "99999999999999999999s"}},
+        });
+        let guard: DeserializeGuard<Queue> = serde_json::from_value(raw).expect("the guard itself never fails");
+        assert_eq!(guard.name_any(), "q");
+        assert_eq!(guard.meta().generation, Some(2));
+        let invalid = guard.0.as_ref().expect_err("the duration overflows");
+        let text = message::<Queue>(invalid);
+        assert!(text.contains("99999999999999999999s"), "{text}");
+        assert!(text.contains("cannot read this Queue"), "{text}");
+    }
+
+    #[test]
+    fn a_readable_object_passes_through() {
+        let raw = json!({
+            "apiVersion": "streamq.dev/v1alpha1", "kind": "Queue",
+            "metadata": {"name": "q", "namespace": "ns"},
+            "spec": {"broker": {"managed": {}}},
+        });
+        let guard: DeserializeGuard<Queue> = serde_json::from_value(raw).unwrap();
+        assert!(guard.0.is_ok());
+    }
+}
