@@ -10,7 +10,8 @@
 //!   first) mean what they mean on a real cluster.
 //! - [`Handler`] is the workers' `--http` endpoint: it records when each message's processing
 //!   starts and sleeps the service time the scenario gives that message.
-//! - [`ReplicaLog`] records every change of the Deployment's `spec.replicas`.
+//! - [`ChangeLog`] records every change of the Deployment's `spec.replicas` (and of the
+//!   Consumer's last scaling reason).
 //! - [`measure`] turns those records into the simulator's measures.
 
 use std::{
@@ -23,10 +24,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{Pod, Secret},
-};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -432,37 +430,42 @@ fn record_error(shared: &Mutex<Shared>, error: String) {
     shared.lock().unwrap().errors.push(error);
 }
 
-/// Every change of a Deployment's `spec.replicas`, with when it was seen.
-pub struct ReplicaLog {
-    changes: Arc<Mutex<Vec<(Instant, i32)>>>,
+/// Every change of one field of a named object, with when the watch showed it: the
+/// Deployment's `spec.replicas`, the Consumer's `status.lastScaleReason`.
+pub struct ChangeLog<T> {
+    changes: Arc<Mutex<Vec<(Instant, T)>>>,
     task: JoinHandle<()>,
 }
 
-impl ReplicaLog {
-    pub fn start(api: Api<Deployment>, name: &str) -> Self {
-        let changes = Arc::new(Mutex::new(Vec::<(Instant, i32)>::new()));
+impl<T: Clone + PartialEq + Send + 'static> ChangeLog<T> {
+    pub fn start<K>(api: Api<K>, name: &str, field: impl Fn(&K) -> Option<T> + Send + 'static) -> Self
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let changes = Arc::new(Mutex::new(Vec::<(Instant, T)>::new()));
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let log = changes.clone();
         let task = tokio::spawn(async move {
             let mut events = watcher(api, config).default_backoff().applied_objects().boxed();
             while let Some(event) = events.next().await {
-                let Ok(d) = event else { continue };
-                let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+                let Some(value) = event.ok().as_ref().and_then(&field) else {
+                    continue;
+                };
                 let mut changes = log.lock().unwrap();
-                if changes.last().is_none_or(|(_, last)| *last != replicas) {
-                    changes.push((Instant::now(), replicas));
+                if changes.last().is_none_or(|(_, last)| *last != value) {
+                    changes.push((Instant::now(), value));
                 }
             }
         });
         Self { changes, task }
     }
 
-    pub fn changes(&self) -> Vec<(Instant, i32)> {
+    pub fn changes(&self) -> Vec<(Instant, T)> {
         self.changes.lock().unwrap().clone()
     }
 }
 
-impl Drop for ReplicaLog {
+impl<T> Drop for ChangeLog<T> {
     fn drop(&mut self) {
         self.task.abort();
     }
