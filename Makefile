@@ -55,3 +55,6 @@ bench: ## Throughput of streamq publish / worker vs redis-benchmark (release bui
 .PHONY: bench-autoscale
 bench-autoscale: ## Simulate bench/scenarios under every policy; writes docs/autoscaling.md (release build)
 	scripts/bench-autoscale
+
+e2e-autoscale: ## Closed loop on the local control plane: real operator and workers vs the simulator (~6 min)
+	$(WITH_CLUSTER) cargo test --test e2e_autoscale -- --nocapture
