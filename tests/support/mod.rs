@@ -6,6 +6,8 @@
 //! `eval "$(tests/cluster/up)"` does so for a shell.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod chaos;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
