@@ -565,6 +565,8 @@ impl WorkerProcess {
     fn exit(mut self, status: Option<ExitStatus>, terminated_for_scale_down: bool) -> Exit {
         let status = status.or_else(|| self.child.wait().ok());
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // Kept in the Exit, which failing assertions print.
+        let _ = std::fs::remove_file(&self.log);
         let field = |line: &str, name: &str| {
             log.lines()
                 .rev()
