@@ -34,6 +34,10 @@ cluster-down: demo-stop ## Stop the local control plane and redis-server
 test: demo-stop ## Run every test against the local control plane (starts it; stops a demo operator)
 	$(WITH_CLUSTER) cargo test --no-fail-fast
 
+.PHONY: chaos
+chaos: ## Fault-injection suite, the disruptive scenarios included (restarts the apiserver it runs against)
+	$(WITH_CLUSTER) cargo test --test chaos -- --include-ignored --test-threads=1 --nocapture
+
 .PHONY: demo
 demo: build ## Control plane + Redis, chart, operator, examples; then `kubectl get streamq`
 	$(WITH_CLUSTER) scripts/demo "$(DEMO_NS)"

@@ -166,16 +166,7 @@ async fn workload(consumer: &Consumer, ctx: &Context) -> Result<Workload, Proble
         queue.status.as_ref().and_then(|s| s.consumer_secret.clone()),
         ready.map(|c| c.status == crate::api::ConditionStatus::True),
     ) else {
-        let why = ready
-            .map(|c| format!(" ({}: {})", c.reason, c.message))
-            .unwrap_or_default();
-        return Err(Problem {
-            fault: false,
-            ..Problem::fault(
-                "QueueNotReady",
-                format!("waiting for Queue {queue_name} to become Ready{why}"),
-            )
-        });
+        return Err(queue_not_ready(&queue));
     };
     let facts = QueueFacts {
         stream: queue.stream_key(),
@@ -286,6 +277,38 @@ async fn workload(consumer: &Consumer, ctx: &Context) -> Result<Workload, Proble
         ready: status.ready_replicas.unwrap_or(0),
         scaled,
     })
+}
+
+/// Why the Consumer cannot run while its Queue is not Ready. A Queue at
+/// fault (e.g. its Redis unreachable) is a fault here too, so that both show
+/// Degraded with the cause; a Queue still being set up is only a wait.
+fn queue_not_ready(queue: &Queue) -> Problem {
+    let name = queue.name_any();
+    let conditions = queue.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    let degraded = conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded" && c.status == crate::api::ConditionStatus::True);
+    if let Some(d) = degraded {
+        return Problem::fault(
+            "QueueDegraded",
+            format!(
+                "Queue {name} is degraded ({}: {}); replicas are held until it recovers",
+                d.reason, d.message
+            ),
+        );
+    }
+    let why = conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| format!(" ({}: {})", c.reason, c.message))
+        .unwrap_or_default();
+    Problem {
+        fault: false,
+        ..Problem::fault(
+            "QueueNotReady",
+            format!("waiting for Queue {name} to become Ready{why}"),
+        )
+    }
 }
 
 /// The ReplicaSet controller removes pods with the lowest
@@ -423,4 +446,45 @@ pub fn controller(
         }
     });
     (fut, ValidStore::new(store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(status: &str) -> Queue {
+        crate::api::from_yaml(&format!(
+            "apiVersion: streamq.dev/v1alpha1\nkind: Queue\nmetadata: {{name: jobs, namespace: ns}}\n\
+             spec: {{broker: {{managed: {{}}}}}}\nstatus: {status}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_degraded_queue_degrades_its_consumers_with_the_cause() {
+        let q = queue(
+            "{conditions: [{type: Ready, status: 'False', reason: Unreachable, message: 'cannot reach Redis at 10.0.0.1:6379: timed out', lastTransitionTime: '2026-01-01T00:00:00Z'}, \
+             {type: Degraded, status: 'True', reason: Unreachable, message: 'cannot reach Redis at 10.0.0.1:6379: timed out', lastTransitionTime: '2026-01-01T00:00:00Z'}]}",
+        );
+        let p = queue_not_ready(&q);
+        assert!(p.fault);
+        assert_eq!(p.reason, "QueueDegraded");
+        assert!(
+            p.message.contains("Queue jobs") && p.message.contains("cannot reach Redis at 10.0.0.1:6379"),
+            "{}",
+            p.message
+        );
+    }
+
+    #[test]
+    fn a_queue_still_starting_is_only_a_wait() {
+        let q = queue(
+            "{conditions: [{type: Ready, status: 'False', reason: WaitingForRedis, message: starting, lastTransitionTime: '2026-01-01T00:00:00Z'}, \
+             {type: Degraded, status: 'False', reason: AsExpected, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}]}",
+        );
+        let p = queue_not_ready(&q);
+        assert!(!p.fault);
+        assert_eq!(p.reason, "QueueNotReady");
+        assert!(p.message.contains("WaitingForRedis: starting"), "{}", p.message);
+    }
 }

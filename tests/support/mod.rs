@@ -6,6 +6,7 @@
 //! `eval "$(tests/cluster/up)"` does so for a shell.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod chaos;
 pub mod closed_loop;
 pub mod hardening;
 
