@@ -10,7 +10,7 @@ DEMO_NS := streamq-demo
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 .PHONY: build
 build: ## Build the streamq binary (debug)
@@ -60,5 +60,6 @@ bench: ## Throughput of streamq publish / worker vs redis-benchmark (release bui
 bench-autoscale: ## Simulate bench/scenarios under every policy; writes docs/autoscaling.md (release build)
 	scripts/bench-autoscale
 
+.PHONY: e2e-autoscale
 e2e-autoscale: ## Closed loop on the local control plane: real operator and workers vs the simulator (~6 min)
 	$(WITH_CLUSTER) cargo test --test e2e_autoscale -- --nocapture

@@ -420,7 +420,8 @@ pub fn controller(
 ) -> (impl Future<Output = ()>, ValidStore<Consumer>) {
     // Guarded: one Consumer (or Queue) the types cannot read must not stop the watch of all.
     let consumers = ctx.scope.api::<DeserializeGuard<Consumer>>(ctx.client.clone());
-    let controller = Controller::new(consumers, watcher::Config::default().any_semantic());
+    let controller = Controller::new(consumers, watcher::Config::default().any_semantic())
+        .trigger_backoff(crate::k8s::WatchBackoff::default());
     let store = controller.store();
     let mapper_store = store.clone();
     let woken = woken.map(|r| {

@@ -807,7 +807,8 @@ pub fn controller(
 ) -> (impl Future<Output = ()>, ValidStore<Queue>) {
     // Guarded: one Queue the types cannot read must not stop the watch of all.
     let queues = ctx.scope.api::<DeserializeGuard<Queue>>(ctx.client.clone());
-    let controller = Controller::new(queues, watcher::Config::default().any_semantic());
+    let controller = Controller::new(queues, watcher::Config::default().any_semantic())
+        .trigger_backoff(crate::k8s::WatchBackoff::default());
     let store = controller.store();
     let secret_store = store.clone();
     // Secrets are watched as metadata only: their data never sits in the cache.
