@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod context;
 pub mod http;
 pub mod k8s;
+pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod producer;

@@ -1,0 +1,294 @@
+//! Leader election between two real `streamq run --leader-election`
+//! processes, each authenticated as its own ServiceAccount bound to the
+//! chart's roles, so that the apiserver's audit log tells who wrote what.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+use streamq::api::{ConditionStatus, Consumer, Queue};
+use support::{
+    Operator, TestEnv,
+    chart::{Release, audit_log, service_account_kubeconfig},
+    external_queue, wait_for, wait_for_within,
+};
+
+const LEASE: &str = "streamq-operator";
+const TRIALS: usize = 10;
+const FAILOVER_GOAL: Duration = Duration::from_secs(15);
+
+/// One of the two operator "slots": a ServiceAccount and the process that
+/// currently runs as it (restarted after each kill, never two at once).
+struct Slot {
+    service_account: String,
+    kubeconfig: String,
+    process: Option<Operator>,
+}
+
+impl Slot {
+    fn start(&mut self, ns: &str) {
+        self.process = Some(Operator::start_with(
+            ns,
+            &["--leader-election", "--leader-election-namespace", ns],
+            &[("KUBECONFIG", self.kubeconfig.as_str())],
+        ));
+    }
+
+    fn identity_suffix(&self) -> String {
+        format!("_{}", self.process.as_ref().unwrap().pid())
+    }
+}
+
+async fn holder(env: &TestEnv) -> Option<(String, i32)> {
+    let lease = env.api::<Lease>().get_opt(LEASE).await.unwrap()?;
+    let spec = lease.spec?;
+    Some((spec.holder_identity?, spec.lease_transitions.unwrap_or(0)))
+}
+
+/// Waits until `slot`'s process answers /readyz with 200: it has read the
+/// Lease and takes part in the election.
+async fn wait_ready(op: &Operator) {
+    let deadline = Instant::now() + support::TIMEOUT;
+    loop {
+        let (code, _) = op.get("/readyz").await;
+        if code == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "operator never became ready:\n{}", op.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_within_15s_of_a_sigkill_and_no_two_leaders_ever_write() {
+    let env = TestEnv::new("leader").await;
+    let ns = env.namespace.clone();
+    let since = Timestamp::now();
+    // The chart's RBAC only (no operator pod), plus a second ServiceAccount
+    // with the same roles so the audit log tells the two processes apart.
+    let mut release = Release::install(&env, &["replicaCount=0"]);
+    release.extra_service_account("standby");
+    let mut slots = [release.service_account().to_owned(), "standby".to_owned()].map(|sa| Slot {
+        kubeconfig: service_account_kubeconfig(&ns, &sa).to_string_lossy().into_owned(),
+        service_account: sa,
+        process: None,
+    });
+    for slot in &mut slots {
+        slot.start(&ns);
+    }
+
+    env.create_admin_secret().await;
+    env.api::<Queue>()
+        .create(&PostParams::default(), &external_queue("jobs", json!({})))
+        .await
+        .unwrap();
+    let consumer: Consumer = serde_json::from_value(json!({
+        "apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer", "metadata": {"name": "workers"},
+        "spec": {"queueRef": {"name": "jobs"}, "replicas": 1,
+                 "template": {"spec": {"containers": [{"name": "w", "image": "example.com/w:1"}]}}},
+    }))
+    .unwrap();
+    let consumers = env.api::<Consumer>();
+    consumers.create(&PostParams::default(), &consumer).await.unwrap();
+    wait_for(&consumers, "workers", "Ready", |c: &Consumer| {
+        c.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True)
+        })
+    })
+    .await;
+
+    let mut failovers = vec![];
+    for trial in 0..TRIALS {
+        for slot in &slots {
+            wait_ready(slot.process.as_ref().unwrap()).await;
+        }
+        let (identity, term) = holder(&env).await.expect("a Lease with a holder");
+        let leader = slots
+            .iter()
+            .position(|s| identity.ends_with(&s.identity_suffix()))
+            .unwrap_or_else(|| panic!("the Lease is held by {identity:?}, none of the two processes"));
+        let standby = 1 - leader;
+
+        // SIGKILL (Child::kill), and wait until the process is gone.
+        drop(slots[leader].process.take());
+        let killed = Instant::now();
+        // A change made right after the kill, that only a leader reconciles.
+        let changed = consumers
+            .patch(
+                "workers",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"spec": {"template": {"metadata": {"annotations": {"trial": trial.to_string()}}}}}),
+                ),
+            )
+            .await
+            .unwrap();
+        let generation = changed.metadata.generation.unwrap();
+        wait_for_within(
+            &consumers,
+            "workers",
+            "the change reconciled by the new leader",
+            Duration::from_secs(60),
+            |c: &Consumer| c.status.as_ref().and_then(|s| s.observed_generation) == Some(generation),
+        )
+        .await;
+        let failover = killed.elapsed();
+        let deployment = env
+            .api::<k8s_openapi::api::apps::v1::Deployment>()
+            .get("workers")
+            .await
+            .unwrap();
+        let annotations = deployment
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap_or_default();
+        assert_eq!(
+            annotations.get("trial"),
+            Some(&trial.to_string()),
+            "the Deployment follows the change"
+        );
+        let (new_identity, new_term) = holder(&env).await.unwrap();
+        assert!(
+            new_identity.ends_with(&slots[standby].identity_suffix()),
+            "trial {trial}: the standby ({}) leads now, not {new_identity}",
+            slots[standby].service_account
+        );
+        assert!(
+            new_term > term,
+            "trial {trial}: a takeover starts a new term ({term} → {new_term})"
+        );
+        println!("trial {trial}: failover {failover:.1?} (term {term} → {new_term})");
+        failovers.push(failover);
+
+        slots[leader].start(&ns);
+    }
+    for slot in &mut slots {
+        if let Some(op) = slot.process.take() {
+            assert!(op.terminate(Duration::from_secs(30)).await.success());
+        }
+    }
+
+    failovers.sort();
+    let median = (failovers[TRIALS / 2 - 1] + failovers[TRIALS / 2]) / 2;
+    let max = *failovers.last().unwrap();
+    println!("failover over {TRIALS} SIGKILLs: median {median:.1?}, max {max:.1?} (goal < {FAILOVER_GOAL:?})");
+    assert!(max < FAILOVER_GOAL, "failovers {failovers:?}");
+
+    // The audit log: every write either process made, in the apiserver's
+    // order. The holder is whoever last wrote the Lease successfully; nobody
+    // else may write anything (a Deployment above all) until the Lease changes hands.
+    let users = slots
+        .iter()
+        .map(|s| format!("system:serviceaccount:{ns}:{}", s.service_account))
+        .collect::<Vec<_>>();
+    let events: Vec<_> = audit_log(&format!("system:serviceaccount:{ns}:"), since)
+        .into_iter()
+        .filter(|e| users.contains(&e.user) && e.mutating() && e.succeeded())
+        .collect();
+    let mut holder_user: Option<&str> = None;
+    let (mut handovers, mut deployment_writes, mut violations) = (0, [0; 2], vec![]);
+    for e in &events {
+        if e.access.resource == "leases" && e.name == LEASE {
+            if holder_user.is_some_and(|h| h != e.user) {
+                handovers += 1;
+            }
+            holder_user = Some(e.user.as_str());
+            continue;
+        }
+        if holder_user != Some(e.user.as_str()) {
+            violations.push(format!(
+                "{} {} {}/{} by {} while {holder_user:?} held the Lease",
+                e.completed, e.access, e.namespace, e.name, e.user
+            ));
+        }
+        if e.access.resource == "deployments" {
+            deployment_writes[users.iter().position(|u| *u == e.user).unwrap()] += 1;
+        }
+    }
+    println!(
+        "audit log: {} writes, {handovers} handovers, Deployment writes per process: {deployment_writes:?}",
+        events.len()
+    );
+    assert!(
+        violations.is_empty(),
+        "writes outside the writer's term:\n{}",
+        violations.join("\n")
+    );
+    assert!(
+        handovers >= TRIALS,
+        "the audit log shows {handovers} handovers for {TRIALS} kills"
+    );
+    assert!(
+        deployment_writes.iter().all(|&n| n > 0),
+        "both processes led and wrote the Deployment: {deployment_writes:?}"
+    );
+    drop(release);
+}
+
+#[tokio::test]
+async fn a_follower_is_ready_and_idle_and_a_graceful_leader_hands_over_at_once() {
+    let env = TestEnv::new("leader-idle").await;
+    let ns = env.namespace.clone();
+    let args = ["--leader-election", "--leader-election-namespace", ns.as_str()];
+    let first = Operator::start_with(&ns, &args, &[]);
+    let lease = wait_for(&env.api::<Lease>(), LEASE, "a holder", |l: &Lease| {
+        l.spec.as_ref().and_then(|s| s.holder_identity.as_ref()).is_some()
+    })
+    .await;
+    let first_identity = lease.spec.unwrap().holder_identity.unwrap();
+    assert!(
+        first_identity.ends_with(&format!("_{}", first.pid())),
+        "{first_identity}"
+    );
+
+    let second = Operator::start_with(&ns, &args, &[]);
+    wait_ready(&second).await;
+    let (_, metrics) = second.get("/metrics").await;
+    assert!(metrics.contains("# EOF"), "a follower serves /metrics:\n{metrics}");
+    env.ready_queue("jobs").await;
+    assert!(
+        second.logs().contains("following"),
+        "the second process follows:\n{}",
+        second.logs()
+    );
+    assert!(
+        !second.logs().contains("starting the controllers"),
+        "a follower reconciles nothing:\n{}",
+        second.logs()
+    );
+
+    // SIGTERM: the leader stops its controllers and releases the Lease, so
+    // the follower takes over at its next retry, not after expiry.
+    let stopped = Instant::now();
+    assert!(first.terminate(Duration::from_secs(30)).await.success());
+    let suffix = format!("_{}", second.pid());
+    wait_for_within(
+        &env.api::<Lease>(),
+        LEASE,
+        "the follower leads",
+        Duration::from_secs(30),
+        |l: &Lease| {
+            l.spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_ref())
+                .is_some_and(|h| h.ends_with(&suffix))
+        },
+    )
+    .await;
+    let handover = stopped.elapsed();
+    println!("graceful handover: {handover:.1?}");
+    assert!(
+        handover < Duration::from_secs(5),
+        "released Lease taken over in {handover:?}, not at expiry (10 s)"
+    );
+    assert!(second.logs().contains("starting the controllers"));
+}
