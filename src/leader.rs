@@ -113,6 +113,9 @@ pub struct Elector {
     observed: Option<(String, Instant)>,
     /// The term currently held, if any.
     term: Option<i32>,
+    /// When the last successful write of the Lease by this process was
+    /// *sent*: the apiserver stored it no earlier than that.
+    written_at: Instant,
 }
 
 impl Elector {
@@ -122,6 +125,7 @@ impl Elector {
             config,
             observed: None,
             term: None,
+            written_at: Instant::now(),
         }
     }
 
@@ -169,9 +173,6 @@ impl Elector {
     /// Renews the Lease until that fails; returns why leadership ended. The
     /// caller must stop acting as leader at once when this returns.
     pub async fn hold(&mut self) -> Error {
-        // Timed from *before* the request that succeeded: the apiserver
-        // stored the renewal no earlier than that.
-        let mut renewed_at = Instant::now();
         let mut last = String::new();
         loop {
             tokio::time::sleep(if last.is_empty() {
@@ -180,13 +181,9 @@ impl Elector {
                 self.config.retry_interval()
             })
             .await;
-            let sent = Instant::now();
-            let left = self.config.renew_deadline().saturating_sub(renewed_at.elapsed());
+            let left = self.config.renew_deadline().saturating_sub(self.written_at.elapsed());
             match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
-                Ok(Ok(Attempt::Leading { .. })) => {
-                    renewed_at = sent;
-                    last.clear();
-                }
+                Ok(Ok(Attempt::Leading { .. })) => last.clear(),
                 Ok(Ok(Attempt::Following { holder })) => {
                     self.term = None;
                     return Error::Lost {
@@ -200,12 +197,12 @@ impl Elector {
             }
             if !last.is_empty() {
                 tracing::warn!(error = %last, "renewing the leader election Lease");
-                if renewed_at.elapsed() >= self.config.renew_deadline() {
+                if self.written_at.elapsed() >= self.config.renew_deadline() {
                     self.term = None;
                     return Error::RenewDeadline {
                         namespace: self.config.namespace.clone(),
                         name: self.config.name.clone(),
-                        elapsed: renewed_at.elapsed(),
+                        elapsed: self.written_at.elapsed(),
                         deadline: self.config.renew_deadline(),
                         last,
                     };
@@ -244,6 +241,7 @@ impl Elector {
     }
 
     async fn try_acquire_or_renew(&mut self) -> Result<Attempt, kube::Error> {
+        let sent = Instant::now();
         let now = MicroTime(Timestamp::now());
         let me = self.config.identity.clone();
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
@@ -263,7 +261,7 @@ impl Elector {
                 }),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(created) => Ok(self.won(&created, 0)),
+                Ok(created) => Ok(self.won(&created, 0, sent)),
                 Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(Attempt::Following { holder: None }),
                 Err(err) => Err(err),
             };
@@ -305,7 +303,7 @@ impl Elector {
             .replace(&self.config.name, &PostParams::default(), &lease)
             .await
         {
-            Ok(written) => Ok(self.won(&written, term)),
+            Ok(written) => Ok(self.won(&written, term, sent)),
             Err(kube::Error::Api(s)) if s.is_conflict() => {
                 self.term = None;
                 Ok(Attempt::Following {
@@ -316,14 +314,48 @@ impl Elector {
         }
     }
 
-    fn won(&mut self, written: &Lease, term: i32) -> Attempt {
+    fn won(&mut self, written: &Lease, term: i32, sent: Instant) -> Attempt {
         // Our own write is a change we have seen.
         self.observed = Some((written.resource_version().unwrap_or_default(), Instant::now()));
         self.term = Some(term);
+        self.written_at = sent;
         Attempt::Leading { term }
     }
 
     fn duration_seconds(&self) -> i32 {
         i32::try_from(self.config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_gives_up_well_before_a_candidate_may_take_over() {
+        for secs in [2, 10, 15, 60] {
+            let config = Config {
+                namespace: "ns".into(),
+                name: "lease".into(),
+                identity: "me".into(),
+                lease_duration: Duration::from_secs(secs),
+            };
+            assert!(
+                config.renew_interval() * 3 <= config.renew_deadline(),
+                "{secs}: several renewals per deadline"
+            );
+            assert!(
+                config.renew_deadline() + config.lease_duration / 4 < config.lease_duration,
+                "{secs}: a margin"
+            );
+            assert!(config.retry_interval() < config.renew_interval());
+        }
+    }
+
+    #[test]
+    fn identities_tell_processes_on_one_host_apart() {
+        let id = default_identity();
+        assert!(id.ends_with(&format!("_{}", std::process::id())), "{id}");
+        assert!(id.len() > 2);
     }
 }

@@ -255,11 +255,7 @@ async fn a_follower_is_ready_and_idle_and_a_graceful_leader_hands_over_at_once()
     let (_, metrics) = second.get("/metrics").await;
     assert!(metrics.contains("# EOF"), "a follower serves /metrics:\n{metrics}");
     env.ready_queue("jobs").await;
-    assert!(
-        second.logs().contains("following"),
-        "the second process follows:\n{}",
-        second.logs()
-    );
+    wait_log(&second, "following: another process leads").await;
     assert!(
         !second.logs().contains("starting the controllers"),
         "a follower reconciles nothing:\n{}",
@@ -290,5 +286,74 @@ async fn a_follower_is_ready_and_idle_and_a_graceful_leader_hands_over_at_once()
         handover < Duration::from_secs(5),
         "released Lease taken over in {handover:?}, not at expiry (10 s)"
     );
-    assert!(second.logs().contains("starting the controllers"));
+    // The Lease write comes first, then the controllers start.
+    wait_log(&second, "leading: starting the controllers").await;
+}
+
+async fn wait_log(op: &Operator, needle: &str) {
+    let deadline = Instant::now() + support::TIMEOUT;
+    while !op.logs().contains(needle) {
+        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{}", op.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_leader_whose_lease_is_taken_exits_non_zero_at_its_next_renewal() {
+    let env = TestEnv::new("leader-lost").await;
+    let ns = env.namespace.as_str();
+    let log = std::env::temp_dir().join(format!("streamq-operator-{ns}.log"));
+    let log_file = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_streamq"))
+        .args(["run", "--namespace", ns, "--metrics-addr", "127.0.0.1:0"])
+        .args(["--leader-election", "--leader-election-namespace", ns])
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .expect("start streamq run");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let suffix = format!("_{}", child.id());
+    let child = Kill(&mut child);
+    let leases = env.api::<Lease>();
+    let mut lease = wait_for(&leases, LEASE, "held by the operator", |l: &Lease| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_ref())
+            .is_some_and(|h| h.ends_with(&suffix))
+    })
+    .await;
+
+    // Someone else takes the Lease (as a candidate would after expiry).
+    let spec = lease.spec.as_mut().unwrap();
+    spec.holder_identity = Some("usurper".into());
+    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    leases.replace(LEASE, &PostParams::default(), &lease).await.unwrap();
+    let taken = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            taken.elapsed() < Duration::from_secs(10),
+            "the operator kept running after losing its Lease:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let exited = taken.elapsed();
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    println!("exited {exited:.1?} after losing the Lease, with {status}");
+    assert!(
+        !status.success(),
+        "a lost leadership is a failure exit: {status}\n{logs}"
+    );
+    assert!(logs.contains("leadership lost"), "{logs}");
+    // It notices at its next renewal, every 2 s with the default 10 s lease.
+    assert!(exited < Duration::from_secs(4), "took {exited:?}");
 }
