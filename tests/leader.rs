@@ -172,9 +172,11 @@ async fn a_standby_takes_over_within_15s_of_a_sigkill_and_no_two_leaders_ever_wr
         slots[leader].start(&ns);
     }
     for slot in &mut slots {
-        if let Some(op) = slot.process.take() {
-            assert!(op.terminate(Duration::from_secs(30)).await.success());
-        }
+        let op = slot.process.take().unwrap();
+        // Ready means started, signal handlers included: a SIGTERM before
+        // that would kill the process outright.
+        wait_ready(&op).await;
+        assert!(op.terminate(Duration::from_secs(30)).await.success());
     }
 
     failovers.sort();
