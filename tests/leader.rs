@@ -192,34 +192,13 @@ async fn a_standby_takes_over_within_15s_of_a_sigkill_and_no_two_leaders_ever_wr
         .iter()
         .map(|s| format!("system:serviceaccount:{ns}:{}", s.service_account))
         .collect::<Vec<_>>();
-    let events: Vec<_> = audit_log(&format!("system:serviceaccount:{ns}:"), since)
-        .into_iter()
-        .filter(|e| users.contains(&e.user) && e.mutating() && e.succeeded())
-        .collect();
-    let mut holder_user: Option<&str> = None;
-    let (mut handovers, mut deployment_writes, mut violations) = (0, [0; 2], vec![]);
-    for e in &events {
-        if e.access.resource == "leases" && e.name == LEASE {
-            if holder_user.is_some_and(|h| h != e.user) {
-                handovers += 1;
-            }
-            holder_user = Some(e.user.as_str());
-            continue;
-        }
-        if holder_user != Some(e.user.as_str()) {
-            violations.push(format!(
-                "{} {} {}/{} by {} while {holder_user:?} held the Lease",
-                e.completed, e.access, e.namespace, e.name, e.user
-            ));
-        }
-        if e.access.resource == "deployments" {
-            deployment_writes[users.iter().position(|u| *u == e.user).unwrap()] += 1;
-        }
-    }
-    println!(
-        "audit log: {} writes, {handovers} handovers, Deployment writes per process: {deployment_writes:?}",
-        events.len()
-    );
+    let TermCheck {
+        writes,
+        handovers,
+        deployment_writes,
+        violations,
+    } = check_terms(&ns, &users, since);
+    println!("audit log: {writes} writes, {handovers} handovers, Deployment writes per process: {deployment_writes:?}");
     assert!(
         violations.is_empty(),
         "writes outside the writer's term:\n{}",
@@ -234,6 +213,87 @@ async fn a_standby_takes_over_within_15s_of_a_sigkill_and_no_two_leaders_ever_wr
         "both processes led and wrote the Deployment: {deployment_writes:?}"
     );
     drop(release);
+}
+
+struct TermCheck {
+    writes: usize,
+    handovers: usize,
+    /// Per user, in the order given.
+    deployment_writes: Vec<usize>,
+    violations: Vec<String>,
+}
+
+/// Walks the successful writes of `users` in the apiserver's order (the
+/// audit log). The holder is whoever last wrote the Lease; any other write
+/// by a user who does not hold it is a violation: two processes acting in one term.
+fn check_terms(ns: &str, users: &[String], since: Timestamp) -> TermCheck {
+    let events: Vec<_> = audit_log(&format!("system:serviceaccount:{ns}:"), since)
+        .into_iter()
+        .filter(|e| users.contains(&e.user) && e.mutating() && e.succeeded())
+        .collect();
+    let mut holder_user: Option<&str> = None;
+    let mut check = TermCheck {
+        writes: events.len(),
+        handovers: 0,
+        deployment_writes: vec![0; users.len()],
+        violations: vec![],
+    };
+    for e in &events {
+        if e.access.resource == "leases" && e.name == LEASE {
+            if holder_user.is_some_and(|h| h != e.user) {
+                check.handovers += 1;
+            }
+            holder_user = Some(e.user.as_str());
+            continue;
+        }
+        if holder_user != Some(e.user.as_str()) {
+            check.violations.push(format!(
+                "{} {} {}/{} by {} while {holder_user:?} held the Lease",
+                e.completed, e.access, e.namespace, e.name, e.user
+            ));
+        }
+        if e.access.resource == "deployments" {
+            check.deployment_writes[users.iter().position(|u| *u == e.user).unwrap()] += 1;
+        }
+    }
+    check
+}
+
+/// The control for the check above: a process run *without* leader election
+/// next to a leader is caught writing outside any term of its own.
+#[tokio::test]
+async fn the_term_check_catches_a_process_that_writes_without_the_lease() {
+    let env = TestEnv::new("leader-rogue").await;
+    let ns = env.namespace.clone();
+    let since = Timestamp::now();
+    let mut release = Release::install(&env, &["replicaCount=0"]);
+    release.extra_service_account("rogue");
+    let sas = [release.service_account().to_owned(), "rogue".to_owned()];
+    let kubeconfigs = sas
+        .clone()
+        .map(|sa| service_account_kubeconfig(&ns, &sa).to_string_lossy().into_owned());
+    let _leader = Operator::start_with(
+        &ns,
+        &["--leader-election", "--leader-election-namespace", &ns],
+        &[("KUBECONFIG", kubeconfigs[0].as_str())],
+    );
+    let _rogue = Operator::start_with(&ns, &[], &[("KUBECONFIG", kubeconfigs[1].as_str())]);
+    env.ready_queue("jobs").await;
+    let users = sas.map(|sa| format!("system:serviceaccount:{ns}:{sa}"));
+    let deadline = Instant::now() + support::TIMEOUT;
+    loop {
+        let check = check_terms(&ns, &users, since);
+        if !check.violations.is_empty() {
+            println!("caught: {}", check.violations[0]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rogue process's writes were never flagged ({} writes seen)",
+            check.writes
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[tokio::test]
