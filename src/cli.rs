@@ -60,6 +60,23 @@ pub struct RunArgs {
     /// outside the cluster. Repeatable. Never use it in production.
     #[arg(long = "dev-redis-address", value_name = "NAMESPACE/NAME=HOST:PORT", value_parser = parse_dev_address)]
     pub dev_redis_addresses: Vec<(String, String)>,
+    /// Reconcile only while holding a coordination.k8s.io Lease, so several
+    /// replicas can run with one active; the others stay ready and idle, and
+    /// one of them takes over when the leader is gone.
+    #[arg(long)]
+    pub leader_election: bool,
+    /// Namespace of the leader election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the leader election Lease.
+    #[arg(long, default_value = "streamq-operator")]
+    pub leader_election_lease_name: String,
+    /// How long a leader's Lease lasts unrenewed before another replica takes
+    /// over: the failover time after a leader dies is at most this plus two
+    /// retries of a tenth of it. The leader renews every fifth of it and
+    /// stops if it cannot renew for two thirds of it.
+    #[arg(long, default_value = "10s")]
+    pub leader_election_lease_duration: Duration,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -9,6 +9,7 @@ pub mod context;
 pub mod guard;
 pub mod http;
 pub mod k8s;
+pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod producer;

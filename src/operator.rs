@@ -11,7 +11,7 @@ use kube::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{cli::RunArgs, consumer, context::Context, http, k8s::Scope, metrics::Metrics, queue};
+use crate::{cli::RunArgs, consumer, context::Context, http, k8s::Scope, leader, metrics::Metrics, queue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -26,6 +26,18 @@ pub enum Error {
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     let client = Client::try_default().await?;
+    let mut elector = args.leader_election.then(|| {
+        let config = leader::Config {
+            namespace: args
+                .leader_election_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
+            name: args.leader_election_lease_name.clone(),
+            identity: leader::default_identity(),
+            lease_duration: args.leader_election_lease_duration.as_std(),
+        };
+        leader::Elector::new(client.clone(), config)
+    });
     let reporter = Reporter {
         controller: "streamq".into(),
         // The pod name, so Events from several replicas can be told apart.
@@ -60,6 +72,51 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     tracing::info!(%addr, scope = ?ctx.scope, "streamq operator starting");
 
     let ready = Arc::new(AtomicBool::new(false));
+    let server = http::serve(
+        listener,
+        http::encoder(ctx.clone()),
+        ready.clone(),
+        shutdown.clone().cancelled_owned(),
+    );
+    // A follower serves /healthz, /readyz (ready once it takes part in the
+    // election) and /metrics, but starts no controller until it leads.
+    let work = async {
+        let term = match elector.as_mut() {
+            None => None,
+            Some(elector) => {
+                let config = elector.config();
+                tracing::info!(
+                    identity = %config.identity,
+                    lease = %format!("{}/{}", config.namespace, config.name),
+                    "leader election: waiting for the Lease"
+                );
+                let ready = ready.clone();
+                tokio::select! {
+                    term = elector.acquire(move || ready.store(true, Ordering::Relaxed)) => Some(term),
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        };
+        run_controllers(ctx, ready.clone(), shutdown.clone(), elector.as_mut(), term).await;
+    };
+    let ((), served) = tokio::join!(work, server);
+    served.map_err(|source| Error::Http { addr, source })?;
+    tracing::info!("streamq operator stopped");
+    Ok(())
+}
+
+/// Runs the controllers and the sampler until shutdown; with leader election,
+/// only while the Lease is held.
+async fn run_controllers(
+    ctx: Arc<Context>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    elector: Option<&mut leader::Elector>,
+    term: Option<i32>,
+) {
+    if let Some(term) = term {
+        tracing::info!(term, "leading: starting the controllers");
+    }
     let (queues, queue_store) = queue::controller(ctx.clone(), shutdown.clone().cancelled_owned());
     // The sampler wakes the Consumer controller when a decision changes.
     let (wake, woken) = futures::channel::mpsc::channel(256);
@@ -82,17 +139,33 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             }
         }
     };
-    let server = http::serve(
-        listener,
-        http::encoder(ctx.clone()),
-        ready,
-        shutdown.clone().cancelled_owned(),
-    );
-
-    let (_, _, _, _, served) = tokio::join!(queues, consumers, sampler, mark_ready, server);
-    served.map_err(|source| Error::Http { addr, source })?;
-    tracing::info!("streamq operator stopped");
-    Ok(())
+    let controllers = async {
+        tokio::join!(queues, consumers, sampler, mark_ready);
+    };
+    let Some(elector) = elector else {
+        controllers.await;
+        return;
+    };
+    let lost = tokio::select! {
+        () = controllers => None,
+        lost = elector.hold() => Some(lost),
+    };
+    match lost {
+        // Shut down gracefully while still leading: hand the Lease over now.
+        None => elector.release().await,
+        // Leadership lost (another process may already lead): stop at once.
+        // Exiting is the one way to be sure no reconcile, sampler or Event
+        // task of this term writes anything more: dropping the futures would
+        // leave spawned tasks and in-flight requests behind, and a graceful
+        // shutdown would let running reconciles finish their writes. The exit
+        // is non-zero so that Kubernetes restarts the container, which joins
+        // the election again as a follower with empty caches and no memory
+        // of its old term.
+        Some(lost) => {
+            tracing::error!(%lost, "leadership lost: exiting so that nothing more is reconciled");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Cancels `token` on SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).

@@ -3,30 +3,23 @@
 
 mod support;
 
-use std::process::Command;
-
 use kube::api::PostParams;
-use serde_json::json;
+use serde_json::{Value, json};
 use streamq::api::{Consumer, Queue};
-use support::{TestEnv, wait_for};
+use support::{
+    TestEnv,
+    chart::{helm, helm_ok, render, service_account_kubeconfig},
+    wait_for,
+};
 
-fn helm(args: &[&str]) -> std::process::Output {
-    Command::new("helm")
-        .args(args)
-        .current_dir(support::repo_root())
-        .output()
-        .expect("run helm")
+fn kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
 }
 
-fn helm_ok(args: &[&str]) -> String {
-    let out = helm(args);
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+fn deployment(objects: &[Value]) -> &Value {
+    let found = kind(objects, "Deployment");
+    assert_eq!(found.len(), 1, "one Deployment");
+    found[0]
 }
 
 #[test]
@@ -45,6 +38,104 @@ fn values_schema_rejects_typos_and_wrong_types() {
             err.contains("values don't meet the specifications of the schema"),
             "{err}"
         );
+    }
+}
+
+#[test]
+fn by_default_two_replicas_elect_a_leader_with_a_pod_disruption_budget() {
+    let objects = render(&[]);
+    let deploy = deployment(&objects);
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert!(
+        deploy["spec"]["strategy"].is_null(),
+        "rolling updates are safe with leader election"
+    );
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--leader-election"), "{args:?}");
+    for (name, field) in [("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")] {
+        let env = container["env"].as_array().unwrap().iter().find(|e| e["name"] == name);
+        assert_eq!(
+            env.map(|e| &e["valueFrom"]["fieldRef"]["fieldPath"]),
+            Some(&json!(field)),
+            "{name} from the downward API"
+        );
+    }
+
+    let pdbs = kind(&objects, "PodDisruptionBudget");
+    assert_eq!(pdbs.len(), 1);
+    assert_eq!(pdbs[0]["spec"]["minAvailable"], 1);
+    let pod_labels = deploy["spec"]["template"]["metadata"]["labels"].as_object().unwrap();
+    for (k, v) in pdbs[0]["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(pod_labels.get(k), Some(v), "the budget selects the operator pods");
+    }
+
+    let roles = kind(&objects, "Role");
+    assert_eq!(roles.len(), 1);
+    assert_eq!(roles[0]["metadata"]["namespace"], "streamq-system");
+    assert_eq!(
+        roles[0]["rules"],
+        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}])
+    );
+    let bindings = kind(&objects, "RoleBinding");
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(bindings[0]["roleRef"]["name"], roles[0]["metadata"]["name"]);
+}
+
+#[test]
+fn one_replica_has_no_budget_and_no_leader_election_means_no_lease_access() {
+    let single = render(&["--set", "replicaCount=1"]);
+    assert!(
+        kind(&single, "PodDisruptionBudget").is_empty(),
+        "a budget would block drains"
+    );
+    assert_eq!(deployment(&single)["spec"]["replicas"], 1);
+
+    let off = render(&["--set", "leaderElection.enabled=false", "--set", "replicaCount=1"]);
+    assert!(kind(&off, "Role").is_empty() && kind(&off, "RoleBinding").is_empty());
+    let deploy = deployment(&off);
+    assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate");
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        !container["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--leader-election"))
+    );
+    assert!(
+        !container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "POD_NAMESPACE")
+    );
+}
+
+#[test]
+fn the_operator_pod_is_hardened_for_restricted_pod_security() {
+    let objects = render(&[]);
+    let pod = &deployment(&objects)["spec"]["template"]["spec"];
+    let psc = &pod["securityContext"];
+    assert_eq!(psc["runAsNonRoot"], true);
+    assert!(
+        psc["runAsUser"].as_i64().is_some_and(|uid| uid > 0),
+        "a numeric non-root uid"
+    );
+    assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault");
+    let containers = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(pod["initContainers"].as_array().into_iter().flatten());
+    for c in containers {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{}", c["name"]);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{}", c["name"]);
     }
 }
 
@@ -80,7 +171,17 @@ async fn chart_installs_under_restricted_pod_security_and_its_rbac_runs_the_oper
         "-o",
         "jsonpath={.items[*].status.phase}",
     ]);
-    assert_eq!(phases.trim(), "Running");
+    assert_eq!(phases.split_whitespace().collect::<Vec<_>>(), ["Running", "Running"]);
+    // The PodDisruptionBudget sees both pods and allows one disruption.
+    let allowed = env.kubectl_ok(&[
+        "get",
+        "poddisruptionbudget",
+        "-l",
+        &selector,
+        "-o",
+        "jsonpath={.items[0].status.expectedPods} {.items[0].status.disruptionsAllowed}",
+    ]);
+    assert_eq!(allowed.trim(), "2 1");
 
     let sa = env.kubectl_ok(&[
         "get",
@@ -102,6 +203,10 @@ async fn chart_installs_under_restricted_pod_security_and_its_rbac_runs_the_oper
         ("get", "nodes", "", "no"),
         ("delete", "queues.streamq.dev", "", "no"),
         ("delete", "secrets", "", "no"),
+        ("get", "leases.coordination.k8s.io", "", "yes"),
+        ("update", "leases.coordination.k8s.io", "", "yes"),
+        ("patch", "leases.coordination.k8s.io", "", "no"),
+        ("list", "leases.coordination.k8s.io", "", "no"),
     ] {
         let sub = format!("--subresource={subresource}");
         let mut args = vec!["auth", "can-i", verb, resource, as_sa.as_str()];
@@ -115,41 +220,7 @@ async fn chart_installs_under_restricted_pod_security_and_its_rbac_runs_the_oper
 
     // The operator, authenticated only by a TokenRequest token of the chart's
     // ServiceAccount, can watch and patch status.
-    let token = env.kubectl_ok(&["create", "token", &sa, "--duration=1h"]);
-    let server = support::kubectl_ok(
-        None,
-        &[
-            "config",
-            "view",
-            "--minify",
-            "-o",
-            "jsonpath={.clusters[0].cluster.server}",
-        ],
-    );
-    let ca = support::kubectl_ok(
-        None,
-        &[
-            "config",
-            "view",
-            "--minify",
-            "--raw",
-            "-o",
-            "jsonpath={.clusters[0].cluster.certificate-authority}",
-        ],
-    );
-    let kubeconfig = std::env::temp_dir().join(format!("{ns}.kubeconfig"));
-    std::fs::write(
-        &kubeconfig,
-        serde_yaml::to_string(&json!({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "c", "cluster": {"server": server, "certificate-authority": ca}}],
-            "users": [{"name": "sa", "user": {"token": token.trim()}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa", "namespace": ns}}],
-            "current-context": "c",
-        }))
-        .unwrap(),
-    )
-    .unwrap();
+    let kubeconfig = service_account_kubeconfig(ns, &sa);
     let operator = support::Operator::start(ns, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
 
     let queue: Queue = serde_json::from_value(json!({

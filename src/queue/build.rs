@@ -271,12 +271,22 @@ pub fn stateful_set(queue: &Queue, managed: &ManagedBroker, conf: &str) -> State
             ..Probe::default()
         }),
         resources: managed.resources.clone(),
+        // Pod Security `restricted`, complete on the container itself (not
+        // only inherited from the pod) so that it holds for every container
+        // this pod ever gets.
         security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(REDIS_UID),
+            run_as_group: Some(REDIS_UID),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             capabilities: Some(Capabilities {
                 drop: Some(vec!["ALL".into()]),
                 ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
             }),
             ..SecurityContext::default()
         }),
@@ -409,21 +419,83 @@ mod tests {
         );
     }
 
+    /// The Pod Security `restricted` checks, for every container (init
+    /// containers included), with a container's own settings taking
+    /// precedence over the pod's as the kubelet applies them.
+    fn restricted_violations(pod: &PodSpec) -> Vec<String> {
+        let psc = pod.security_context.clone().unwrap_or_default();
+        let mut violations = vec![];
+        if psc.run_as_user == Some(0) {
+            violations.push("pod runAsUser 0".to_owned());
+        }
+        for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+            let sc = c.security_context.clone().unwrap_or_default();
+            let mut check = |ok: bool, what: &str| {
+                if !ok {
+                    violations.push(format!("{}: {what}", c.name));
+                }
+            };
+            check(sc.run_as_non_root.or(psc.run_as_non_root) == Some(true), "runAsNonRoot");
+            check(
+                sc.run_as_user.or(psc.run_as_user).is_some_and(|uid| uid > 0),
+                "a numeric non-root runAsUser",
+            );
+            check(
+                sc.allow_privilege_escalation == Some(false),
+                "allowPrivilegeEscalation false",
+            );
+            check(
+                sc.capabilities.as_ref().and_then(|c| c.drop.as_deref()) == Some(&["ALL".to_owned()][..]),
+                "capabilities drop ALL",
+            );
+            check(
+                sc.capabilities
+                    .as_ref()
+                    .and_then(|c| c.add.as_ref())
+                    .is_none_or(|add| add.is_empty()),
+                "no added capability",
+            );
+            check(
+                sc.seccomp_profile
+                    .as_ref()
+                    .or(psc.seccomp_profile.as_ref())
+                    .is_some_and(|p| p.type_ == "RuntimeDefault" || p.type_ == "Localhost"),
+                "seccompProfile RuntimeDefault",
+            );
+            check(sc.privileged != Some(true), "not privileged");
+        }
+        violations
+    }
+
     #[test]
     fn pod_is_restricted_and_probed() {
+        for extra in ["", ", storage: {size: 1Gi}"] {
+            let (q, m) = managed_queue(extra);
+            let pod = stateful_set(&q, &m, "conf").spec.unwrap().template.spec.unwrap();
+            assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+            let c = &pod.containers[0];
+            assert_eq!(c.security_context.as_ref().unwrap().run_as_user, Some(REDIS_UID));
+            assert!(c.readiness_probe.as_ref().unwrap().exec.is_some());
+            assert!(pod.volumes.unwrap().iter().all(|v| v.host_path.is_none()));
+        }
+    }
+
+    #[test]
+    fn the_restricted_check_catches_what_it_must() {
         let (q, m) = managed_queue("");
-        let pod = stateful_set(&q, &m, "conf").spec.unwrap().template.spec.unwrap();
-        let psc = pod.security_context.unwrap();
-        assert_eq!(psc.run_as_non_root, Some(true));
-        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
-        let c = &pod.containers[0];
-        let sc = c.security_context.as_ref().unwrap();
-        assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(
-            sc.capabilities.as_ref().unwrap().drop.as_deref(),
-            Some(&["ALL".to_owned()][..])
+        let mut pod = stateful_set(&q, &m, "conf").spec.unwrap().template.spec.unwrap();
+        let mut init = pod.containers[0].clone();
+        init.name = "init".into();
+        init.security_context = None;
+        pod.init_containers = Some(vec![init]);
+        pod.security_context = None;
+        let violations = restricted_violations(&pod);
+        assert!(
+            violations.contains(&"init: allowPrivilegeEscalation false".to_owned()),
+            "{violations:?}"
         );
-        assert!(c.readiness_probe.as_ref().unwrap().exec.is_some());
+        assert!(violations.contains(&"init: runAsNonRoot".to_owned()), "{violations:?}");
+        assert!(!violations.iter().any(|v| v.starts_with("redis:")), "{violations:?}");
     }
 
     #[test]

@@ -29,6 +29,8 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
+pub mod chart;
+
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn repo_root() -> PathBuf {
