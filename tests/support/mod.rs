@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod chaos;
+pub mod chart;
 pub mod closed_loop;
 pub mod hardening;
 
@@ -29,7 +30,6 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
-pub mod chart;
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
