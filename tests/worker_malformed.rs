@@ -107,7 +107,10 @@ async fn library_worker_receives_malformed_entries_byte_exact() {
     assert!(!no_data.has_data, "and can be told from an empty one");
     assert_eq!(
         no_data.headers,
-        vec![("tenant".to_owned(), b"acme".to_vec()), ("kind".to_owned(), b"no-data".to_vec())],
+        vec![
+            ("tenant".to_owned(), b"acme".to_vec()),
+            ("kind".to_owned(), b"no-data".to_vec())
+        ],
         "every field of a data-less entry is a header, in stream order"
     );
     let bin = &got[&bin];
@@ -164,11 +167,7 @@ async fn exec_worker_passes_malformed_entries_on_stdin_byte_exact() {
     let huge = q.publish_raw(&[(b"data", &big), (b"long", &long_header)]).await;
     let after = q.publish("after", &[]).await;
 
-    let w = q.worker(
-        "c1",
-        &["--concurrency", "2", "--max-deliveries", "1"],
-        &[&handler],
-    );
+    let w = q.worker("c1", &["--concurrency", "2", "--max-deliveries", "1"], &[&handler]);
     wait_until(T, "all four entries handled and acked", || async {
         read_lines(&out.join("done")).len() == 4 && q.pending().await == 0 && q.group_progress().await == (4, 0)
     })
@@ -193,7 +192,10 @@ async fn exec_worker_passes_malformed_entries_on_stdin_byte_exact() {
     assert_eq!(q.stats().await.get("processed:c1"), Some(&4));
     let log = w.log();
     assert!(!log.contains("panicked"), "{log}");
-    assert!(log.contains("contains NUL") && log.contains("too long"), "warnings logged:\n{log}");
+    assert!(
+        log.contains("contains NUL") && log.contains("too long"),
+        "warnings logged:\n{log}"
+    );
 }
 
 /// A handler that never reads its 10 MB stdin, and one that writes more
@@ -221,16 +223,15 @@ async fn exec_big_stdin_does_not_deadlock() {
     let ignored = q.publish_raw(&[(b"data", &big), (b"mode", b"ignore")]).await;
     let stderr_first = q.publish_raw(&[(b"data", &big), (b"mode", b"stderr-first")]).await;
     let after = q.publish("after", &[]).await;
-    let _w = q.worker(
-        "c1",
-        &["--max-deliveries", "1", "--timeout", "40s"],
-        &[&handler],
-    );
+    let _w = q.worker("c1", &["--max-deliveries", "1", "--timeout", "40s"], &[&handler]);
     wait_until(T, "all three handled and acked", || async {
         read_lines(&out.join("done")).len() == 3 && q.pending().await == 0 && q.group_progress().await == (3, 0)
     })
     .await;
-    assert_eq!(read_lines(&out.join("done")), vec![ignored, stderr_first.clone(), after.clone()]);
+    assert_eq!(
+        read_lines(&out.join("done")),
+        vec![ignored, stderr_first.clone(), after.clone()]
+    );
     assert!(std::fs::read(out.join(format!("{stderr_first}.stdin"))).unwrap() == big);
     assert_eq!(std::fs::read(out.join(format!("{after}.stdin"))).unwrap(), b"after");
     assert!(q.dead_letters().await.is_empty(), "nothing failed");
@@ -271,7 +272,11 @@ async fn failing_malformed_entries_are_dead_lettered_byte_exact() {
     .await;
     stop.cancel();
     let summary = run.await.unwrap().expect("the worker ran");
-    assert_eq!((summary.acked, summary.failed, summary.dead_lettered), (1, 2, 2), "{summary:?}");
+    assert_eq!(
+        (summary.acked, summary.failed, summary.dead_lettered),
+        (1, 2, 2),
+        "{summary:?}"
+    );
 
     let mut conn = admin().await;
     let dead: Vec<(String, HashMap<String, Vec<u8>>)> = cmd(&mut conn, &["XRANGE", &q.dlq, "-", "+"]).await;

@@ -551,7 +551,8 @@ fn into_bytes(value: Value) -> Option<Vec<u8>> {
 
 /// Text from a reply; bytes that are not UTF-8 become U+FFFD.
 fn into_string(value: Value) -> Option<String> {
-    into_bytes(value).map(|b| String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    into_bytes(value)
+        .map(|b| String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// Field/value pairs, by value, from a flat array (RESP2) or a map (RESP3).
