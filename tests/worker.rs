@@ -560,3 +560,43 @@ async fn at_least_once_under_crashes() {
     assert_eq!(acked + dead.len(), N);
     assert!(kills >= 1, "the test must kill at least one worker to mean anything");
 }
+
+/// A panicking library handler fails its message like an `Err` (here:
+/// dead-lettered with the panic message) and the worker carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_handler_panic_fails_only_its_message() {
+    let q = TestQueue::new("panic").await;
+    let bad = q.publish("boom", &[]).await;
+    let good = q.publish("fine", &[]).await;
+    let mut config = WorkerConfig::new(&q.consumer_url, &q.stream, &q.group, "lib-panic");
+    config.concurrency = 2;
+    config.max_deliveries = 1;
+    config.dead_letter_stream = Some(q.dlq.clone());
+    let worker = Worker::new(config, |msg: Message| async move {
+        if msg.data() == b"boom" {
+            panic!("cannot handle boom");
+        }
+        Ok::<(), String>(())
+    });
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
+    wait_until(T, "one dead letter, nothing pending", || async {
+        q.dead_letters().await.len() == 1 && q.pending().await == 0 && q.group_progress().await == (2, 0)
+    })
+    .await;
+    stop.cancel();
+    let summary = run.await.unwrap().expect("the worker survived the panic");
+    assert_eq!(
+        (summary.acked, summary.failed, summary.dead_lettered),
+        (1, 1, 1),
+        "{summary:?}"
+    );
+    let dead = q.dead_letters().await;
+    assert_eq!(dead[0].1["streamq.original-id"], bad);
+    assert!(
+        dead[0].1["streamq.error"].contains("handler panicked: cannot handle boom"),
+        "{:?}",
+        dead[0].1
+    );
+    assert_ne!(dead[0].1["streamq.original-id"], good);
+}

@@ -245,8 +245,9 @@ pub async fn read_group(
         .await
         .map_err(|e| StreamError::from_command("XREADGROUP", stream, group, e))?;
     // RESP2: [[key, entries]]; RESP3: {key: entries}; nil on timeout.
+    // Parsed by value: the payloads move into the entries, uncopied.
     let mut out = Vec::new();
-    match &reply {
+    match reply {
         Value::Nil => {}
         Value::Map(pairs) => {
             for (_, entries) in pairs {
@@ -254,8 +255,8 @@ pub async fn read_group(
             }
         }
         other => {
-            for per_key in as_seq(other) {
-                if let Some(entries) = as_seq(per_key).get(1) {
+            for per_key in into_seq(other) {
+                if let Some(entries) = into_seq(per_key).into_iter().nth(1) {
                     parse_entries(entries, &mut out, &mut Vec::new());
                 }
             }
@@ -287,20 +288,24 @@ pub async fn auto_claim(
         .query_async(conn)
         .await
         .map_err(|e| StreamError::from_command("XAUTOCLAIM", stream, group, e))?;
-    let parts = as_seq(&reply);
-    let next_start = parts.first().and_then(as_string).ok_or_else(|| StreamError::Reply {
-        command: "XAUTOCLAIM",
-        detail: format!("no cursor in {reply:?}"),
-    })?;
+    let Some(next_start) = as_seq(&reply).first().and_then(as_string) else {
+        return Err(StreamError::Reply {
+            command: "XAUTOCLAIM",
+            detail: format!("no cursor in {reply:?}"),
+        });
+    };
     let mut claimed = AutoClaimed {
         next_start,
         ..AutoClaimed::default()
     };
-    if let Some(entries) = parts.get(1) {
+    let mut parts = into_seq(reply).into_iter().skip(1);
+    if let Some(entries) = parts.next() {
         parse_entries(entries, &mut claimed.entries, &mut claimed.deleted);
     }
-    if let Some(deleted) = parts.get(2) {
-        claimed.deleted.extend(as_seq(deleted).iter().filter_map(as_string));
+    if let Some(deleted) = parts.next() {
+        claimed
+            .deleted
+            .extend(into_seq(deleted).into_iter().filter_map(into_string));
     }
     Ok(claimed)
 }
@@ -352,10 +357,15 @@ pub struct Stats {
     pub busy_us: u64,
 }
 
+/// Ids per `XACK` command: long enough to amortise the command, short
+/// enough not to stall the server for other clients.
+const MAX_IDS_PER_XACK: usize = 1024;
+
 /// Acknowledges `ids` and adds `stats` to the consumer's fields of the stats
-/// hash, in one round trip: `XACK stream group ids…; HINCRBY processed;
-/// HINCRBY busy_us`. Returns how many ids were still pending (the rest were
-/// acked already, e.g. by a consumer that took them over).
+/// hash, in one round trip: `XACK stream group ids…` (one per 1024 ids);
+/// `HINCRBY processed; HINCRBY busy_us`. Returns how many ids were still
+/// pending (the rest were acked already, e.g. by a consumer that took them
+/// over).
 pub async fn ack_with_stats(
     conn: &mut MultiplexedConnection,
     stream: &str,
@@ -365,8 +375,8 @@ pub async fn ack_with_stats(
     stats: Stats,
 ) -> Result<u64, StreamError> {
     let mut pipe = ::redis::pipe();
-    if !ids.is_empty() {
-        pipe.cmd("XACK").arg(stream).arg(group).arg(ids);
+    for chunk in ids.chunks(MAX_IDS_PER_XACK) {
+        pipe.cmd("XACK").arg(stream).arg(group).arg(chunk);
     }
     let stats_key = keys::stats_key(stream, group);
     if stats.processed > 0 {
@@ -390,10 +400,14 @@ pub async fn ack_with_stats(
         .query_async(conn)
         .await
         .map_err(|e| StreamError::from_command("XACK/HINCRBY", stream, group, e))?;
-    Ok(match replies.first() {
-        Some(Value::Int(n)) if !ids.is_empty() => (*n).max(0) as u64,
-        _ => 0,
-    })
+    // Only the XACK replies are kept (the HINCRBYs are ignored).
+    Ok(replies
+        .iter()
+        .map(|r| match r {
+            Value::Int(n) => (*n).max(0) as u64,
+            _ => 0,
+        })
+        .sum())
 }
 
 /// Why an entry is being dead-lettered, recorded beside its fields.
@@ -519,20 +533,63 @@ fn fields_of(value: &Value) -> Vec<(String, Vec<u8>)> {
     }
 }
 
-/// Parses `[[id, [f, v, …]], …]`. An entry with a nil body (its data was
-/// trimmed away) goes to `deleted`; a nil in place of a whole entry carries
-/// no id and is dropped.
-fn parse_entries(value: &Value, out: &mut Vec<StreamEntry>, deleted: &mut Vec<String>) {
-    for entry in as_seq(value) {
-        let parts = as_seq(entry);
-        let Some(id) = parts.first().and_then(as_string) else {
+fn into_seq(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+fn into_bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        other => as_bytes(&other),
+    }
+}
+
+/// Text from a reply; bytes that are not UTF-8 become U+FFFD.
+fn into_string(value: Value) -> Option<String> {
+    into_bytes(value)
+        .map(|b| String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// Field/value pairs, by value, from a flat array (RESP2) or a map (RESP3).
+/// Values are kept byte-exact; a field name that is not UTF-8 is made text
+/// with U+FFFD (names are header names, and headers are text).
+fn into_fields(value: Value) -> Vec<(String, Vec<u8>)> {
+    let pair = |k: Value, v: Value| Some((into_string(k)?, into_bytes(v).unwrap_or_default()));
+    match value {
+        Value::Map(pairs) => pairs.into_iter().filter_map(|(k, v)| pair(k, v)).collect(),
+        other => {
+            let items = into_seq(other);
+            let mut fields = Vec::with_capacity(items.len() / 2);
+            let mut items = items.into_iter();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                fields.extend(pair(k, v));
+            }
+            fields
+        }
+    }
+}
+
+/// Parses `[[id, [f, v, …]], …]`, by value. An entry with a nil body (its
+/// data was trimmed away) goes to `deleted`; a nil in place of a whole entry
+/// carries no id and is dropped.
+fn parse_entries(value: Value, out: &mut Vec<StreamEntry>, deleted: &mut Vec<String>) {
+    let entries = into_seq(value);
+    out.reserve(entries.len());
+    for entry in entries {
+        let mut parts = into_seq(entry).into_iter();
+        let Some(id) = parts.next().and_then(into_string) else {
             continue;
         };
-        match parts.get(1) {
+        match parts.next() {
             None | Some(Value::Nil) => deleted.push(id),
             Some(body) => out.push(StreamEntry {
                 id,
-                fields: fields_of(body),
+                fields: into_fields(body),
             }),
         }
     }
@@ -557,11 +614,40 @@ mod tests {
             Value::Nil,
         ]);
         let (mut out, mut deleted) = (Vec::new(), Vec::new());
-        parse_entries(&reply, &mut out, &mut deleted);
+        parse_entries(reply, &mut out, &mut deleted);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].data(), b"x");
         assert_eq!(out[0].headers().collect::<Vec<_>>(), vec![("h", &b"y"[..])]);
         assert_eq!(deleted, vec!["2-0".to_owned()]);
+    }
+
+    #[test]
+    fn keeps_values_byte_exact_and_makes_names_text() {
+        let payload: Vec<u8> = vec![0xff, 0x00, 0xc3, 0x28, b'\n'];
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![
+                    bulk("data"),
+                    Value::BulkString(payload.clone()),
+                    Value::BulkString(b"h\xff".to_vec()),
+                    bulk("v"),
+                ]),
+            ]),
+            // No data field at all.
+            Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("only"), bulk("header")])]),
+            // RESP3 shape.
+            Value::Array(vec![bulk("3-0"), Value::Map(vec![(bulk("data"), bulk("m"))])]),
+        ]);
+        let (mut out, mut deleted) = (Vec::new(), Vec::new());
+        parse_entries(reply, &mut out, &mut deleted);
+        assert!(deleted.is_empty());
+        assert_eq!(out[0].data(), payload.as_slice());
+        assert_eq!(out[0].headers().collect::<Vec<_>>(), vec![("h\u{fffd}", &b"v"[..])]);
+        assert_eq!(out[1].data(), b"");
+        assert_eq!(out[1].field("data"), None);
+        assert_eq!(out[1].headers().collect::<Vec<_>>(), vec![("only", &b"header"[..])]);
+        assert_eq!(out[2].data(), b"m");
     }
 
     #[test]

@@ -18,6 +18,10 @@ use super::runtime::{HandlerError, Message};
 /// Bytes of the handler's stderr kept for `streamq.error`.
 const STDERR_TAIL: usize = 2048;
 
+/// Linux's MAX_ARG_STRLEN (32 pages of 4 KiB): the longest single
+/// `NAME=value\0` string `execve` accepts.
+const MAX_ENV_VAR: usize = 128 * 1024;
+
 /// Env vars of the worker that must not leak into handlers.
 const SECRET_ENV: &[&str] = &["STREAMQ_REDIS_URL"];
 
@@ -53,7 +57,10 @@ impl ExecHandler {
             cmd.env_remove(name);
         }
         for (name, value) in msg.headers() {
-            // An env value cannot hold NUL; such a header is left out rather than failing the message.
+            // Headers the kernel would refuse are left out rather than
+            // failing the message on every delivery: an env value cannot
+            // hold NUL, and one `NAME=value` is capped at MAX_ARG_STRLEN.
+            let env_name = header_env_name(name);
             if value.contains(&0) {
                 tracing::warn!(
                     id = msg.id(),
@@ -62,18 +69,30 @@ impl ExecHandler {
                 );
                 continue;
             }
-            cmd.env(header_env_name(name), OsStr::from_bytes(value));
+            if env_name.len() + value.len() + 2 > MAX_ENV_VAR {
+                tracing::warn!(
+                    id = msg.id(),
+                    header = name,
+                    bytes = value.len(),
+                    "header value too long for an environment variable; not passed to the handler"
+                );
+                continue;
+            }
+            cmd.env(env_name, OsStr::from_bytes(value));
         }
         let mut child = cmd
             .spawn()
             .map_err(|e| HandlerError(format!("cannot start {:?}: {e}", self.argv[0])))?;
 
         let mut stdin = child.stdin.take();
-        let payload = msg.data().to_vec();
+        // Written while stderr is drained and the child awaited (joined
+        // below), so a big payload cannot deadlock against a child that
+        // writes before it reads.
+        let payload = msg.clone();
         let write = async move {
             if let Some(stdin) = stdin.as_mut() {
                 // A handler that does not read its stdin is fine: ignore EPIPE.
-                let _ = stdin.write_all(&payload).await;
+                let _ = stdin.write_all(payload.data()).await;
                 let _ = stdin.shutdown().await;
             }
             drop(stdin);

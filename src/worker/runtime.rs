@@ -6,15 +6,18 @@ use std::{
     collections::{HashMap, HashSet},
     fmt,
     future::Future,
+    panic::AssertUnwindSafe,
     pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    task::Poll,
     time::{Duration, Instant},
 };
 
 use ::redis::aio::MultiplexedConnection;
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     task::JoinSet,
@@ -103,9 +106,15 @@ impl Message {
         self.delivery_count
     }
 
-    /// Every field but the payload.
+    /// Every field but the payload, in stream order.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
         self.entry.headers()
+    }
+
+    /// The first field named `name`, if any: `field("data")` tells a
+    /// missing payload from an empty one.
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
+        self.entry.field(name)
     }
 }
 
@@ -239,6 +248,7 @@ impl Worker {
             timeout: cfg.handler_timeout,
             done: done_tx,
             shared: shared.clone(),
+            lanes: tokio::runtime::Handle::current().metrics().num_workers().max(1),
         };
 
         let reclaim_every = (cfg.visibility_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
@@ -310,14 +320,20 @@ impl Worker {
                 };
                 match read {
                     Ok(entries) => {
+                        let mut jobs = Vec::with_capacity(entries.len());
                         for entry in entries {
                             // A permit per entry: XREADGROUP returned at most permits.len().
                             let Some(permit) = permits.pop() else {
                                 tracing::error!(id = %entry.id, "more entries than requested; left pending");
                                 break;
                             };
-                            dispatch.spawn(&mut tasks, entry, 1, permit);
+                            jobs.push(Job {
+                                entry: Arc::new(entry),
+                                delivery_count: 1,
+                                permit,
+                            });
                         }
+                        dispatch.start(&mut tasks, jobs);
                         Ok(())
                     }
                     Err(e) => Err((e, &mut reader)),
@@ -344,14 +360,15 @@ impl Worker {
             }
         }
 
-        // Stop reading; give in-flight handlers the grace period.
-        let running = tasks.len();
-        if running > 0 {
-            tracing::info!(running, grace = ?cfg.grace, "stopping: waiting for in-flight messages");
+        // Stop reading; give in-flight handlers the grace period. A
+        // handler holds its permit exactly while it runs.
+        let running = |semaphore: &Semaphore| cfg.concurrency.saturating_sub(semaphore.available_permits()) as u64;
+        if running(&semaphore) > 0 {
+            tracing::info!(running = running(&semaphore), grace = ?cfg.grace, "stopping: waiting for in-flight messages");
         }
         let drained = tokio::time::timeout(cfg.grace, async { while tasks.join_next().await.is_some() {} }).await;
         let abandoned = if drained.is_err() {
-            let left = tasks.len() as u64;
+            let left = running(&semaphore);
             tracing::warn!(
                 left,
                 "grace period over: unfinished messages stay pending for redelivery"
@@ -455,6 +472,18 @@ impl Shared {
         self.last_errors.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
     }
 
+    /// Drops what is remembered about `ids` (acked: no longer needed), under
+    /// one lock for the whole batch.
+    fn forget_errors(&self, ids: &[&str]) {
+        let mut errors = self.last_errors.lock().unwrap_or_else(|p| p.into_inner());
+        if errors.is_empty() {
+            return;
+        }
+        for id in ids {
+            errors.remove(*id);
+        }
+    }
+
     fn settled(&self, ids: impl IntoIterator<Item = impl AsRef<str>>) {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         for id in ids {
@@ -472,51 +501,122 @@ struct Outcome {
     busy: Duration,
 }
 
+/// A message about to be handled, with the concurrency permit it holds
+/// while its handler runs.
+struct Job {
+    entry: Arc<StreamEntry>,
+    delivery_count: u64,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Fewest messages worth a task of their own: a batch is split over the
+/// runtime's worker threads only when each part has at least this many.
+const MIN_JOBS_PER_TASK: usize = 32;
+
 struct Dispatch {
     handler: Arc<HandlerFn>,
     timeout: Option<Duration>,
-    done: mpsc::UnboundedSender<Outcome>,
+    done: mpsc::UnboundedSender<Vec<Outcome>>,
     shared: Arc<Shared>,
+    /// Worker threads of the runtime: a batch runs on at most this many tasks.
+    lanes: usize,
 }
 
 impl Dispatch {
-    fn spawn(&self, tasks: &mut JoinSet<()>, entry: StreamEntry, delivery_count: u64, permit: OwnedSemaphorePermit) {
+    /// Starts the handlers of one read (or reclaim) batch. Rather than a
+    /// task per message, the batch runs on a few tasks (one per worker
+    /// thread, at most), each driving its handlers concurrently: with fast
+    /// handlers, the per-message task (spawn, JoinSet bookkeeping, wake-ups)
+    /// and its channel send showed high in `perf` for a no-op handler.
+    fn start(&self, tasks: &mut JoinSet<()>, mut jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
         {
             let mut in_flight = self.shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            in_flight.insert(entry.id.clone());
+            in_flight.extend(jobs.iter().map(|j| j.entry.id.clone()));
             self.shared
                 .counters
                 .in_flight
                 .store(in_flight.len() as u64, Ordering::Relaxed);
         }
-        let entry = Arc::new(entry);
-        let msg = Message {
-            entry: entry.clone(),
-            delivery_count,
+        let parts = self.lanes.min(jobs.len() / MIN_JOBS_PER_TASK).max(1);
+        let per_part = jobs.len().div_ceil(parts);
+        while !jobs.is_empty() {
+            let rest = jobs.split_off(per_part.min(jobs.len()));
+            let part = std::mem::replace(&mut jobs, rest);
+            tasks.spawn(run_jobs(self.handler.clone(), self.timeout, self.done.clone(), part));
+        }
+    }
+}
+
+/// Runs `jobs` concurrently and passes their outcomes on, all that finished
+/// together in one send.
+async fn run_jobs(
+    handler: Arc<HandlerFn>,
+    timeout: Option<Duration>,
+    done: mpsc::UnboundedSender<Vec<Outcome>>,
+    jobs: Vec<Job>,
+) {
+    let mut running: FuturesUnordered<_> = jobs.into_iter().map(|job| run_one(&*handler, timeout, job)).collect();
+    loop {
+        let finished = std::future::poll_fn(|cx| {
+            let mut finished = Vec::new();
+            loop {
+                match running.poll_next_unpin(cx) {
+                    Poll::Ready(Some(outcome)) => finished.push(outcome),
+                    Poll::Ready(None) if finished.is_empty() => return Poll::Ready(None),
+                    Poll::Pending if finished.is_empty() => return Poll::Pending,
+                    Poll::Ready(None) | Poll::Pending => return Poll::Ready(Some(finished)),
+                }
+            }
+        })
+        .await;
+        let Some(finished) = finished else {
+            return;
         };
-        let handler = self.handler.clone();
-        let timeout = self.timeout;
-        let done = self.done.clone();
-        tasks.spawn(async move {
-            let start = Instant::now();
-            let result = match timeout {
-                Some(limit) => match tokio::time::timeout(limit, handler(msg)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(HandlerError(format!("timed out after {limit:?}"))),
-                },
-                None => handler(msg).await,
-            };
-            let outcome = Outcome {
-                entry,
-                delivery_count,
-                result,
-                busy: start.elapsed(),
-            };
-            // The settle loop outlives every task; a send error means the
-            // worker is going down and the message stays pending.
-            let _ = done.send(outcome);
-            drop(permit);
-        });
+        // The settle loop outlives every task; a send error means the
+        // worker is going down and the messages stay pending.
+        let _ = done.send(finished);
+    }
+}
+
+/// One handler run, bounded by the handler timeout. A panicking handler is
+/// a failed message, not a lost batch.
+async fn run_one(handler: &HandlerFn, timeout: Option<Duration>, job: Job) -> Outcome {
+    let Job {
+        entry,
+        delivery_count,
+        permit,
+    } = job;
+    let msg = Message {
+        entry: entry.clone(),
+        delivery_count,
+    };
+    let start = Instant::now();
+    let call = AssertUnwindSafe(handler(msg)).catch_unwind();
+    let result = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, call).await {
+            Ok(r) => r,
+            Err(_) => Ok(Err(HandlerError(format!("timed out after {limit:?}")))),
+        },
+        None => call.await,
+    };
+    let busy = start.elapsed();
+    drop(permit);
+    let result = result.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic payload".to_owned());
+        Err(HandlerError(format!("handler panicked: {why}")))
+    });
+    Outcome {
+        entry,
+        delivery_count,
+        result,
+        busy,
     }
 }
 
@@ -554,6 +654,7 @@ async fn reclaim(
     }
     let ids: Vec<&str> = claimed.entries.iter().map(|e| e.id.as_str()).collect();
     let counts = stream::delivery_counts(conn, &cfg.stream, &cfg.group, &cfg.consumer, &ids).await?;
+    let mut jobs = Vec::new();
     for entry in claimed.entries {
         let already_ours = shared
             .in_flight
@@ -592,8 +693,13 @@ async fn reclaim(
             break;
         };
         tracing::info!(id = %entry.id, delivery = count, "reclaimed idle message");
-        dispatch.spawn(tasks, entry, count, permit);
+        jobs.push(Job {
+            entry: Arc::new(entry),
+            delivery_count: count,
+            permit,
+        });
     }
+    dispatch.start(tasks, jobs);
     Ok(claimed.next_start)
 }
 
@@ -604,16 +710,18 @@ async fn settle_loop(
     cfg: Arc<WorkerConfig>,
     mut link: Link,
     shared: Arc<Shared>,
-    mut done: mpsc::UnboundedReceiver<Outcome>,
+    mut done: mpsc::UnboundedReceiver<Vec<Outcome>>,
 ) -> Result<(), WorkerError> {
-    const MAX_BATCH: usize = 1024;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while done.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    // Sends (each a group of outcomes) taken per round trip; the XACKs of a
+    // round trip go out in commands of at most 1024 ids.
+    const MAX_SENDS: usize = 64;
+    let mut batch = Vec::with_capacity(MAX_SENDS);
+    while done.recv_many(&mut batch, MAX_SENDS).await > 0 {
         let mut acks: Vec<Arc<StreamEntry>> = Vec::new();
         let mut stats = Stats::default();
         let mut exhausted = Vec::new();
         let mut failed_ids = Vec::new();
-        for o in batch.drain(..) {
+        for o in batch.drain(..).flatten() {
             stats.processed += 1;
             stats.busy_us += u64::try_from(o.busy.as_micros()).unwrap_or(u64::MAX);
             match o.result {
@@ -643,9 +751,7 @@ async fn settle_loop(
         match r {
             Ok(_) => {
                 shared.counters.acked.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                for id in &ids {
-                    shared.take_error(id);
-                }
+                shared.forget_errors(&ids);
             }
             Err(e) if !e.is_transient() => return Err(e.into()),
             Err(e) => tracing::error!(error = %e, count = ids.len(), "acks lost; these messages will be redelivered"),

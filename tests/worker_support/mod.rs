@@ -112,6 +112,18 @@ impl TestQueue {
         c.query_async(&mut conn).await.expect("XADD")
     }
 
+    /// XADD of arbitrary field/value bytes with the admin user: entries
+    /// `streamq publish` would never write (no `data`, binary, huge).
+    pub async fn publish_raw(&self, fields: &[(&[u8], &[u8])]) -> String {
+        let mut conn = admin().await;
+        let mut c = ::redis::cmd("XADD");
+        c.arg(&self.stream).arg("*");
+        for (k, v) in fields {
+            c.arg(*k).arg(*v);
+        }
+        c.query_async(&mut conn).await.expect("XADD")
+    }
+
     pub async fn pending(&self) -> i64 {
         let mut conn = admin().await;
         let v: Value = cmd(&mut conn, &["XPENDING", &self.stream, &self.group]).await;
