@@ -288,6 +288,7 @@ impl Worker {
                 permits.push(more);
             }
 
+            let mut stopping = false;
             let step = if Instant::now() >= next_reclaim {
                 let r = reclaim(
                     &cfg,
@@ -313,10 +314,28 @@ impl Worker {
                 let wait = next_reclaim
                     .saturating_duration_since(Instant::now())
                     .clamp(Duration::from_millis(1), cfg.block);
-                let read = tokio::select! {
-                    biased;
-                    () = &mut shutdown => break,
-                    r = stream::read_group(&mut reader.conn, &cfg.stream, &cfg.group, &cfg.consumer, permits.len(), wait) => r,
+                let read = {
+                    let read = stream::read_group(
+                        &mut reader.conn,
+                        &cfg.stream,
+                        &cfg.group,
+                        &cfg.consumer,
+                        permits.len(),
+                        wait,
+                    );
+                    tokio::pin!(read);
+                    tokio::select! {
+                        biased;
+                        r = &mut read => r,
+                        () = &mut shutdown => {
+                            // The XREADGROUP may already be at Redis: what it delivers is this
+                            // consumer's from then on. Finish the read (at most `wait`) and handle
+                            // its entries within the grace period, rather than drop the reply and
+                            // leave them pending for a redelivery after the visibility timeout.
+                            stopping = true;
+                            read.await
+                        }
+                    }
                 };
                 match read {
                     Ok(entries) => {
@@ -340,6 +359,9 @@ impl Worker {
                 }
             };
             drop(permits);
+            if stopping {
+                break;
+            }
             match step {
                 Ok(()) => backoff.reset(),
                 Err((e, _)) if !e.is_transient() => {

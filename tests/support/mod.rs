@@ -30,7 +30,6 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
-
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn repo_root() -> PathBuf {
