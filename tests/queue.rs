@@ -77,7 +77,7 @@ async fn connect_as(env: &TestEnv, secret: &str) -> redis::aio::MultiplexedConne
     let url = secret_value(env, secret, "url").await;
     redis::Client::open(url)
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&support::patient_redis())
         .await
         .unwrap()
 }

@@ -55,7 +55,7 @@ async fn restricted_user_is_really_restricted() {
     let q = TestQueue::new("acl").await;
     let client = ::redis::Client::open(q.consumer_url.as_str()).unwrap();
     let mut conn = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&worker_support::patient_redis())
         .await
         .expect("the consumer user can log in");
     let xrange: Result<::redis::Value, _> = ::redis::cmd("XRANGE")

@@ -120,7 +120,7 @@ impl TestEnv {
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.redis_url.as_str())
             .expect("a valid STREAMQ_REDIS_URL")
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&patient_redis())
             .await
             .expect("connect to redis-server")
     }
@@ -438,4 +438,13 @@ where
         }
     }
     panic!("replace {name}: still conflicting after 20 attempts")
+}
+
+/// Connection settings for test clients. redis-rs defaults to a 1 s connect and a
+/// 500 ms response timeout, which a loaded 2-core CI box running a 100,000-message
+/// test beside this one can exceed without anything being wrong.
+pub fn patient_redis() -> ::redis::AsyncConnectionConfig {
+    ::redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(10)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(30)))
 }
