@@ -239,7 +239,8 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
         );
         let _ = writeln!(
             out,
-            "- median ratio ≤ {GOAL_MEDIAN_RATIO}: {}",
+            "- median ratio ≤ {GOAL_MEDIAN_RATIO} over those {} scenarios: {}",
+            ratios.len(),
             match median(ratios.clone()) {
                 Some(m) if m <= GOAL_MEDIAN_RATIO => format!("**met** ({m:.2})."),
                 Some(m) => format!(
