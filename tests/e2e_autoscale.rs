@@ -25,7 +25,7 @@ use streamq::{
 };
 use support::{
     Operator, TestEnv,
-    closed_loop::{ChangeLog, Handler, Measured, MessageTimes, PodWorkers, id_millis, measure},
+    closed_loop::{ChangeLog, Handler, MessageTimes, PodWorkers, id_millis, measure},
     wait_for,
 };
 
@@ -197,7 +197,7 @@ async fn step_burst_on_the_real_cluster_agrees_with_the_simulator() {
         .collect();
     let lifetimes: Vec<(f64, Option<f64>)> = pods.iter().map(|p| (rel(p.created), p.end().map(rel))).collect();
     let change_times: Vec<f64> = changes.iter().map(|(t, _)| rel(*t)).collect();
-    let real = measure(&messages, &lifetimes, &change_times, target, duration);
+    let real = measure(&scenario.name, &messages, &lifetimes, &change_times, target, duration);
 
     println!("{}", side_by_side(&scenario, &predicted, &real));
     println!(
@@ -293,7 +293,7 @@ async fn step_burst_on_the_real_cluster_agrees_with_the_simulator() {
 }
 
 /// The table to paste: the simulator's prediction and the real run, measure by measure.
-fn side_by_side(scenario: &Scenario, simulated: &Summary, real: &Measured) -> String {
+fn side_by_side(scenario: &Scenario, simulated: &Summary, real: &Summary) -> String {
     let rows: [(&str, f64, f64, bool); 11] = [
         ("messages", simulated.messages as f64, real.messages as f64, false),
         ("wait_p50_s", simulated.wait_p50_s, real.wait_p50_s, false),

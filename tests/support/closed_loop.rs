@@ -557,22 +557,6 @@ impl Drop for Handler {
     }
 }
 
-/// The simulator's measures (`streamq::simulate::Summary`), from a real run.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Measured {
-    pub messages: u64,
-    pub wait_p50_s: f64,
-    pub wait_p95_s: f64,
-    pub wait_p99_s: f64,
-    pub wait_max_s: f64,
-    pub within_slo_pct: f64,
-    pub slo_violation_s: f64,
-    pub replica_seconds: f64,
-    pub scale_events: u64,
-    pub max_backlog: u64,
-    pub interrupted: u64,
-}
-
 /// What happened to one message, in seconds since the start of the scenario.
 #[derive(Clone, Copy, Debug)]
 pub struct MessageTimes {
@@ -593,13 +577,16 @@ pub struct MessageTimes {
 /// - scale_events: changes of spec.replicas within the window;
 /// - max_backlog: the most messages enqueued and not yet started at once;
 /// - interrupted: messages delivered more than once.
+///
+/// The result is the simulator's own `Summary`, with policy `real`, so the two compare field by field.
 pub fn measure(
+    scenario: &str,
     messages: &[MessageTimes],
     pods: &[(f64, Option<f64>)],
     replica_changes: &[f64],
     target: f64,
     duration: f64,
-) -> Measured {
+) -> streamq::simulate::Summary {
     let mut waits: Vec<f64> = messages
         .iter()
         .map(|m| m.started.unwrap_or(duration) - m.enqueued)
@@ -648,7 +635,10 @@ pub fn measure(
         max_backlog = max_backlog.max(backlog);
     }
 
-    Measured {
+    streamq::simulate::Summary {
+        scenario: scenario.to_owned(),
+        policy: "real".to_owned(),
+        param: None,
         messages: messages.len() as u64,
         wait_p50_s: pct(0.50),
         wait_p95_s: pct(0.95),
