@@ -3,11 +3,10 @@
 
 pub mod api;
 pub mod autoscale;
-pub mod cli;
 pub mod consumer;
 pub mod context;
+pub mod endpoints;
 pub mod guard;
-pub mod http;
 pub mod k8s;
 pub mod leader;
 pub mod metrics;

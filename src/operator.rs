@@ -1,8 +1,12 @@
 //! `streamq run`: wires the controllers, the HTTP endpoints and shutdown together.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use kube::{
@@ -11,7 +15,7 @@ use kube::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{cli::RunArgs, consumer, context::Context, http, k8s::Scope, leader, metrics::Metrics, queue};
+use crate::{consumer, context::Context, endpoints, k8s::Scope, leader, metrics::Metrics, queue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -24,19 +28,44 @@ pub enum Error {
     },
 }
 
-pub async fn run(args: RunArgs) -> Result<(), Error> {
+/// What `streamq run` is told on its command line.
+#[derive(Debug)]
+pub struct Config {
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    pub metrics_addr: std::net::SocketAddr,
+    /// Watch only this namespace instead of the whole cluster.
+    pub namespace: Option<String>,
+    pub resync_interval: Duration,
+    pub sample_interval: Duration,
+    /// The autoscaler's assumed time from replicas raised to a worker consuming.
+    pub pod_startup: Duration,
+    pub queue_cleanup_timeout: Duration,
+    /// Development only: `namespace/queue` → `host:port` of a managed Redis.
+    pub dev_redis_addresses: BTreeMap<String, String>,
+    /// Reconcile only while holding a Lease; `None` runs unconditionally.
+    pub leader_election: Option<LeaderElection>,
+}
+
+#[derive(Debug)]
+pub struct LeaderElection {
+    /// Namespace of the Lease; the client's default namespace when unset.
+    pub namespace: Option<String>,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+}
+
+pub async fn run(config: Config) -> Result<(), Error> {
     let client = Client::try_default().await?;
-    let mut elector = args.leader_election.then(|| {
-        let config = leader::Config {
-            namespace: args
-                .leader_election_namespace
-                .clone()
+    let mut elector = config.leader_election.map(|election| {
+        let lease = leader::Config {
+            namespace: election
+                .namespace
                 .unwrap_or_else(|| client.default_namespace().to_owned()),
-            name: args.leader_election_lease_name.clone(),
+            name: election.lease_name,
             identity: leader::default_identity(),
-            lease_duration: args.leader_election_lease_duration.as_std(),
+            lease_duration: election.lease_duration,
         };
-        leader::Elector::new(client.clone(), config)
+        leader::Elector::new(client.clone(), lease)
     });
     let reporter = Reporter {
         controller: "streamq".into(),
@@ -47,37 +76,38 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         metrics: Metrics::default(),
-        scope: args.namespace.map_or(Scope::Cluster, Scope::Namespace),
-        resync: args.resync_interval.as_std(),
+        scope: config.namespace.map_or(Scope::Cluster, Scope::Namespace),
+        resync: config.resync_interval,
         redis: Default::default(),
         queues: Default::default(),
-        dev_redis_addresses: args.dev_redis_addresses.into_iter().collect(),
-        cleanup_timeout: args.queue_cleanup_timeout.as_std(),
+        dev_redis_addresses: config.dev_redis_addresses,
+        cleanup_timeout: config.queue_cleanup_timeout,
         decisions: Default::default(),
-        sample_interval: args.sample_interval.as_std(),
-        pod_startup: args.pod_startup.as_std(),
+        sample_interval: config.sample_interval,
+        pod_startup: config.pod_startup,
     });
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
-    let listener = http::bind(args.metrics_addr).await.map_err(|source| Error::Http {
-        addr: args.metrics_addr,
-        source,
-    })?;
+    let listener = endpoints::bind(config.metrics_addr)
+        .await
+        .map_err(|source| Error::Http {
+            addr: config.metrics_addr,
+            source,
+        })?;
     let addr = listener.local_addr().map_err(|source| Error::Http {
-        addr: args.metrics_addr,
+        addr: config.metrics_addr,
         source,
     })?;
     tracing::info!(%addr, scope = ?ctx.scope, "streamq operator starting");
 
     let ready = Arc::new(AtomicBool::new(false));
-    let server = http::serve(
-        listener,
-        http::encoder(ctx.clone()),
-        ready.clone(),
-        shutdown.clone().cancelled_owned(),
-    );
+    let encode = {
+        let ctx = ctx.clone();
+        move || ctx.metrics.encode()
+    };
+    let server = endpoints::serve(listener, encode, ready.clone(), shutdown.clone().cancelled_owned());
     // A follower serves /healthz, /readyz (ready once it takes part in the
     // election) and /metrics, but starts no controller until it leads.
     let work = async {

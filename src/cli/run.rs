@@ -1,36 +1,9 @@
-//! Command-line interface. Each subcommand's arguments live here; the work
-//! lives in the library modules they call.
+//! `streamq run`: the operator's flags.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::net::SocketAddr;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::api::Duration;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "streamq",
-    version,
-    about = "Redis Streams work queues on Kubernetes, autoscaled to a latency target"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the operator: reconcile Queues and Consumers.
-    Run(RunArgs),
-    /// Print the CustomResourceDefinitions as multi-document YAML.
-    Crd(CrdArgs),
-    /// Run a command (or POST to a local URL) for each message of a queue.
-    Worker(crate::worker::WorkerArgs),
-    /// Publish messages to a queue's stream.
-    Publish(crate::producer::PublishArgs),
-    /// Simulate autoscaling policies on a scenario.
-    Simulate(crate::simulate::SimulateArgs),
-}
+use clap::Args;
+use streamq::{api::Duration, operator};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -77,8 +50,6 @@ pub struct RunArgs {
     /// stops if it cannot renew for two thirds of it.
     #[arg(long, default_value = "10s")]
     pub leader_election_lease_duration: Duration,
-    #[command(flatten)]
-    pub log: LogArgs,
 }
 
 fn parse_dev_address(s: &str) -> Result<(String, String), String> {
@@ -89,25 +60,21 @@ fn parse_dev_address(s: &str) -> Result<(String, String), String> {
     Ok((queue.to_owned(), addr.to_owned()))
 }
 
-#[derive(Debug, Args)]
-pub struct LogArgs {
-    /// Log format.
-    #[arg(long, env = "STREAMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Args)]
-pub struct CrdArgs {
-    /// Write one file per CRD into this directory instead of printing.
-    #[arg(long)]
-    pub out_dir: Option<PathBuf>,
-    /// The Markdown field reference instead of YAML (docs/crds.md).
-    #[arg(long)]
-    pub markdown: bool,
+pub async fn main(args: RunArgs) -> anyhow::Result<()> {
+    let config = operator::Config {
+        metrics_addr: args.metrics_addr,
+        namespace: args.namespace,
+        resync_interval: args.resync_interval.as_std(),
+        sample_interval: args.sample_interval.as_std(),
+        pod_startup: args.pod_startup.as_std(),
+        queue_cleanup_timeout: args.queue_cleanup_timeout.as_std(),
+        dev_redis_addresses: args.dev_redis_addresses.into_iter().collect(),
+        leader_election: args.leader_election.then(|| operator::LeaderElection {
+            namespace: args.leader_election_namespace,
+            lease_name: args.leader_election_lease_name,
+            lease_duration: args.leader_election_lease_duration.as_std(),
+        }),
+    };
+    operator::run(config).await?;
+    Ok(())
 }

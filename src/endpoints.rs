@@ -1,4 +1,5 @@
-//! The operator's HTTP endpoints: /metrics, /healthz and /readyz.
+//! The HTTP endpoints every long-running streamq process serves: /metrics,
+//! /healthz and /readyz (the operator, and `streamq worker --metrics-addr`).
 
 use std::{
     net::SocketAddr,
@@ -9,8 +10,6 @@ use std::{
 };
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-
-use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct AppState {
@@ -58,9 +57,4 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not yet synced")
     }
-}
-
-/// Keeps `Metrics` encodable from the HTTP handler without the handler knowing the type.
-pub fn encoder(metrics: Arc<crate::context::Context>) -> impl Fn() -> String + Send + Sync + 'static {
-    move || Metrics::encode(&metrics.metrics)
 }
