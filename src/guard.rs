@@ -24,10 +24,12 @@ use kube::{
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::{api::Condition, context::Context, k8s};
-
-/// The condition and Event reason of an object streamq cannot read.
-pub const REASON: &str = "InvalidObject";
+use crate::{
+    api::{Condition, Reason},
+    context::Shared,
+    k8s,
+    problem::Problem,
+};
 
 /// The readable objects of a controller's `DeserializeGuard` cache, for the
 /// parts of the operator (the sampler) that only care about those.
@@ -86,28 +88,27 @@ pub fn message<K: Resource<DynamicType = ()>>(invalid: &InvalidObject) -> String
 
 /// Reports an unreadable object: `Ready=False` and `Degraded=True` with
 /// reason `InvalidObject` on its status, and a Warning Event.
-pub async fn report<K>(ctx: &Context, guard: &DeserializeGuard<K>, invalid: &InvalidObject) -> Result<(), kube::Error>
+pub async fn report<K>(shared: &Shared, guard: &DeserializeGuard<K>, invalid: &InvalidObject) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let note = message::<K>(invalid);
     let generation = guard.meta().generation;
     let now = Timestamp::now();
-    let conditions: Vec<Condition> = [
-        Condition::new("Ready", false, REASON, note.clone()),
-        Condition::new("Degraded", true, REASON, note.clone()),
-    ]
-    .into_iter()
-    .map(|mut c| {
-        c.last_transition_time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
-        c.observed_generation = generation;
-        c
-    })
-    .collect();
+    let conditions: Vec<Condition> = Problem::fault(Reason::InvalidObject, note.clone())
+        .ready_and_degraded()
+        .into_iter()
+        .map(|mut c| {
+            c.last_transition_time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
+            c.observed_generation = generation;
+            c
+        })
+        .collect();
     tracing::warn!(kind = %K::kind(&()), name = %guard.name_any(), error = %invalid.error, "object cannot be read; not reconciled");
-    k8s::publish_event(&ctx.recorder, guard, EventType::Warning, REASON, "Read", note).await;
+    let reason = Reason::InvalidObject.as_str();
+    k8s::publish_event(&shared.recorder, guard, EventType::Warning, reason, "Read", note).await;
     k8s::apply_status(
-        &ctx.client,
+        &shared.client,
         guard,
         &json!({"observedGeneration": generation, "conditions": conditions}),
     )

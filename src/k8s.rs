@@ -1,13 +1,19 @@
-//! The Kubernetes I/O layer: every write streamq makes to the API server goes
-//! through here, with server-side apply under one field manager.
+//! The Kubernetes I/O layer: every write streamq makes to the objects it
+//! reconciles goes through here, under one field manager, with server-side
+//! apply wherever streamq owns the object. The one exception is the leader
+//! election Lease, which `leader.rs` writes with create/replace under its
+//! resourceVersion: an election needs that compare-and-swap.
 
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::events::{Event, EventType, Recorder},
+    api::{Patch, PatchParams, PostParams},
+    runtime::{
+        events::{Event, EventType, Recorder},
+        watcher::ExponentialBackoff,
+    },
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
@@ -72,57 +78,87 @@ where
     }
 }
 
-/// Backoff of the controllers' watches after an error: 250 ms doubling to at most
-/// 5 s, reset by the next event that arrives.
+/// Applies `obj` (named `name`) with server-side apply. `force`: streamq owns
+/// the fields it sets on the objects it creates.
+pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
+        .await
+}
+
+/// Creates `obj`, failing if it exists: for objects whose first content must
+/// never be overwritten (a generated password).
+pub async fn create<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    api.create(&params, obj).await
+}
+
+/// Sets one annotation on an object that streamq does not own (a pod of a
+/// Deployment), by a merge patch of its metadata only.
+pub async fn annotate<K>(api: &Api<K>, name: &str, key: &str, value: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let patch = json!({"metadata": {"annotations": {key: value}}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch_metadata(name, &params, &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// Removes `finalizer` from `obj`, guarded by its resourceVersion, for an
+/// object that cannot be reconciled (kube's `finalizer` helper needs a readable one).
+pub async fn remove_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let remaining: Vec<&String> = obj.finalizers().iter().filter(|f| *f != finalizer).collect();
+    let patch = json!({"metadata": {
+        "finalizers": remaining,
+        "resourceVersion": obj.resource_version(),
+    }});
+    api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Backoff of the controllers' watches after an error: 250 ms doubling to at
+/// most 5 s, reset by the next event that arrives.
 ///
 /// kube's default (800 ms doubling to 30 s, reset only after 120 s without a
 /// backoff) is shared by all watches of one controller, so an apiserver restart
-/// (connection errors from every watch, then `410 Expired` on resume) pushed it
-/// to 30 s steps and left changes unreconciled for 64 to 137 s in the chaos
-/// suite. An operator has few watches; retrying every 5 s costs the apiserver nothing.
-#[derive(Debug, Clone)]
-pub struct WatchBackoff {
-    next: std::time::Duration,
-}
-
-impl WatchBackoff {
-    const FIRST: std::time::Duration = std::time::Duration::from_millis(250);
-    const MAX: std::time::Duration = std::time::Duration::from_secs(5);
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self { next: Self::FIRST }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = std::time::Duration;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let delay = self.next;
-        self.next = (delay * 2).min(Self::MAX);
-        Some(delay)
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
+/// pushed it to 30 s steps and left changes unreconciled for minutes. An
+/// operator has few watches; retrying every 5 s costs the apiserver nothing.
+pub fn watch_backoff() -> ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(250))
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times()
+        .into()
 }
 
 #[cfg(test)]
-mod watch_backoff_tests {
+mod tests {
     use std::time::Duration;
 
     use kube::runtime::utils::Backoff;
 
-    use super::WatchBackoff;
+    use super::watch_backoff;
 
     #[test]
-    fn doubles_to_five_seconds_and_resets() {
-        let mut b = WatchBackoff::default();
+    fn watch_backoff_doubles_to_five_seconds_and_resets() {
+        let mut b = watch_backoff();
         let first: Vec<_> = b.by_ref().take(7).collect();
         assert_eq!(
             first,

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod autoscale;
+pub mod broker;
 pub mod consumer;
 pub mod context;
 pub mod endpoints;
@@ -11,6 +12,7 @@ pub mod k8s;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod problem;
 pub mod producer;
 pub mod queue;
 pub mod redis;

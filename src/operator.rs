@@ -15,7 +15,7 @@ use kube::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{consumer, context::Context, endpoints, k8s::Scope, leader, metrics::Metrics, queue};
+use crate::{broker::Brokers, consumer, context::Shared, endpoints, k8s::Scope, leader, metrics::Metrics, queue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -72,20 +72,23 @@ pub async fn run(config: Config) -> Result<(), Error> {
         // The pod name, so Events from several replicas can be told apart.
         instance: std::env::var("POD_NAME").ok(),
     };
-    let ctx = Arc::new(Context {
+    let shared = Arc::new(Shared {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         metrics: Metrics::default(),
         scope: config.namespace.map_or(Scope::Cluster, Scope::Namespace),
         resync: config.resync_interval,
         redis: Default::default(),
-        queues: Default::default(),
-        dev_redis_addresses: config.dev_redis_addresses,
-        cleanup_timeout: config.queue_cleanup_timeout,
-        decisions: Default::default(),
-        sample_interval: config.sample_interval,
-        pod_startup: config.pod_startup,
+        brokers: Brokers::new(config.dev_redis_addresses),
     });
+    let contexts = Contexts {
+        queue: Arc::new(queue::Context::new(shared.clone(), config.queue_cleanup_timeout)),
+        consumer: Arc::new(consumer::Context::new(
+            shared.clone(),
+            config.sample_interval,
+            config.pod_startup,
+        )),
+    };
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -100,12 +103,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
         addr: config.metrics_addr,
         source,
     })?;
-    tracing::info!(%addr, scope = ?ctx.scope, "streamq operator starting");
+    tracing::info!(%addr, scope = ?shared.scope, "streamq operator starting");
 
     let ready = Arc::new(AtomicBool::new(false));
     let encode = {
-        let ctx = ctx.clone();
-        move || ctx.metrics.encode()
+        let shared = shared.clone();
+        move || shared.metrics.encode()
     };
     let server = endpoints::serve(listener, encode, ready.clone(), shutdown.clone().cancelled_owned());
     // A follower serves /healthz, /readyz (ready once it takes part in the
@@ -127,7 +130,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 }
             }
         };
-        run_controllers(ctx, ready.clone(), shutdown.clone(), elector.as_mut(), term).await;
+        run_controllers(contexts, ready.clone(), shutdown.clone(), elector.as_mut(), term).await;
     };
     let ((), served) = tokio::join!(work, server);
     served.map_err(|source| Error::Http { addr, source })?;
@@ -137,8 +140,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
 /// Runs the controllers and the sampler until shutdown; with leader election,
 /// only while the Lease is held.
+/// Each controller's context.
+struct Contexts {
+    queue: Arc<queue::Context>,
+    consumer: Arc<consumer::Context>,
+}
+
 async fn run_controllers(
-    ctx: Arc<Context>,
+    ctx: Contexts,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
     elector: Option<&mut leader::Elector>,
@@ -147,12 +156,13 @@ async fn run_controllers(
     if let Some(term) = term {
         tracing::info!(term, "leading: starting the controllers");
     }
-    let (queues, queue_store) = queue::controller(ctx.clone(), shutdown.clone().cancelled_owned());
+    let (queues, queue_store) = queue::controller(ctx.queue, shutdown.clone().cancelled_owned());
     // The sampler wakes the Consumer controller when a decision changes.
     let (wake, woken) = futures::channel::mpsc::channel(256);
-    let (consumers, consumer_store) = consumer::controller(ctx.clone(), woken, shutdown.clone().cancelled_owned());
+    let (consumers, consumer_store) =
+        consumer::controller(ctx.consumer.clone(), woken, shutdown.clone().cancelled_owned());
     let sampler = consumer::sampler::run(
-        ctx.clone(),
+        ctx.consumer,
         consumer_store.clone(),
         queue_store.clone(),
         wake,

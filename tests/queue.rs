@@ -611,7 +611,7 @@ async fn bad_broker_input_reports_a_clear_condition_and_recovers_once_fixed() {
     wait_condition(&env, "orders", "Degraded", ConditionStatus::True, "InvalidURL").await;
 
     let wrong_password = "wrong-password-7f3a";
-    let (_, endpoint) = streamq::redis::admin::parse_url(&env.redis_url).unwrap();
+    let (_, endpoint) = streamq::redis::connection::parse_url(&env.redis_url).unwrap();
     replace(format!("redis://default:{wrong_password}@{}/0", endpoint.addr())).await;
     let q = wait_condition(
         &env,
@@ -643,7 +643,7 @@ async fn bad_broker_input_reports_a_clear_condition_and_recovers_once_fixed() {
     assert_eq!(condition(&q, "Degraded").unwrap().0, ConditionStatus::False);
 
     // No credential anywhere a user or a log collector can see.
-    let (_, admin_endpoint) = streamq::redis::admin::parse_url(&env.redis_url).unwrap();
+    let (_, admin_endpoint) = streamq::redis::connection::parse_url(&env.redis_url).unwrap();
     let admin_password = env
         .redis_url
         .rsplit_once('@')

@@ -33,21 +33,75 @@ pub enum ConditionStatus {
     Unknown,
 }
 
+/// Declares a `&'static str`-backed enum whose `as_str` is the wire value.
+macro_rules! wire_names {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vmeta])* $variant),* }
+
+        impl $name {
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => stringify!($variant)),* }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_names! {
+    /// The aspects streamq reports as conditions.
+    ConditionType { Ready, BrokerReady, Degraded, Scaling, Persistence }
+}
+
+wire_names! {
+    /// Every condition reason streamq writes: CamelCase, stable enough to alert on.
+    Reason {
+        // All is well.
+        Provisioned, Connected, AsExpected, Running, Stable, Scaling,
+        // Persistence of a managed Queue.
+        AppendOnlyFile, EmptyDir,
+        // Waiting, not at fault.
+        WaitingForRedis, ReplicasNotReady, QueueNotReady, CleanupPending,
+        // Faults the user fixes.
+        InvalidSpec, InvalidObject, SecretNotFound, SecretKeyMissing, QueueNotFound, QueueDegraded, Conflict,
+        // Faults of the broker.
+        InvalidURL, AuthenticationFailed, Unreachable, UnsupportedVersion, WrongKeyType, NoPermission, RedisError,
+        // Faults talking to Kubernetes.
+        KubernetesError,
+    }
+}
+
 impl Condition {
-    pub fn new(type_: &str, status: bool, reason: &str, message: impl Into<String>) -> Self {
+    pub fn new(type_: ConditionType, status: bool, reason: Reason, message: impl Into<String>) -> Self {
         Self {
-            type_: type_.to_owned(),
+            type_: type_.as_str().to_owned(),
             status: if status {
                 ConditionStatus::True
             } else {
                 ConditionStatus::False
             },
-            reason: reason.to_owned(),
+            reason: reason.as_str().to_owned(),
             message: message.into(),
             last_transition_time: Time(Timestamp::UNIX_EPOCH),
             observed_generation: None,
         }
     }
+}
+
+/// Whether `conditions` hold `type_` with status True.
+pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
+    find_condition(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
+}
+
+/// The condition of `type_`, if present.
+pub fn find_condition(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == type_.as_str())
 }
 
 /// Merges freshly computed conditions into the previous ones. A condition
@@ -80,15 +134,30 @@ mod tests {
     fn transition_time_moves_only_when_status_changes() {
         let t0 = Timestamp::from_second(1_000).unwrap();
         let t1 = Timestamp::from_second(2_000).unwrap();
-        let first = merge_conditions(&[], vec![Condition::new("Ready", false, "A", "")], t0, Some(1));
+        let first = merge_conditions(
+            &[],
+            vec![Condition::new(ConditionType::Ready, false, Reason::WaitingForRedis, "")],
+            t0,
+            Some(1),
+        );
         assert_eq!(first[0].last_transition_time, Time(t0));
 
-        let same = merge_conditions(&first, vec![Condition::new("Ready", false, "B", "x")], t1, Some(2));
+        let same = merge_conditions(
+            &first,
+            vec![Condition::new(ConditionType::Ready, false, Reason::Unreachable, "x")],
+            t1,
+            Some(2),
+        );
         assert_eq!(same[0].last_transition_time, Time(t0), "same status keeps its time");
-        assert_eq!(same[0].reason, "B");
+        assert_eq!(same[0].reason, "Unreachable");
         assert_eq!(same[0].observed_generation, Some(2));
 
-        let flipped = merge_conditions(&same, vec![Condition::new("Ready", true, "C", "")], t1, Some(2));
+        let flipped = merge_conditions(
+            &same,
+            vec![Condition::new(ConditionType::Ready, true, Reason::Provisioned, "")],
+            t1,
+            Some(2),
+        );
         assert_eq!(flipped[0].last_transition_time, Time(t1));
     }
 }

@@ -8,7 +8,7 @@ mod pod_template;
 mod queue;
 mod refs;
 
-pub use condition::{Condition, ConditionStatus, merge_conditions};
+pub use condition::{Condition, ConditionStatus, ConditionType, Reason, find_condition, is_true, merge_conditions};
 pub use consumer::{Autoscaling, Consumer, ConsumerSpec, ConsumerStatus, StartFrom};
 pub use duration::{Duration, ParseDurationError};
 pub use queue::{

@@ -6,10 +6,7 @@ use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
 
-use crate::redis::{
-    keys,
-    stream::{self, StreamError},
-};
+use crate::redis::{self, keys, stream};
 
 /// Errors of the producer.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +14,7 @@ pub enum ProducerError {
     #[error("invalid header {0:?}: write it as name=value, with a name other than `data`")]
     InvalidHeader(String),
     #[error(transparent)]
-    Connect(#[from] StreamError),
+    Connect(#[from] redis::Error),
     /// Some XADDs of a batch failed; the others went in.
     #[error("{published} of {attempted} messages published; {failed} failed: {first_error}")]
     Partial {

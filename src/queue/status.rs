@@ -1,35 +1,12 @@
-//! Phase 4, pure: the status a reconcile outcome means.
+//! The status phase, pure: the status a reconcile outcome means.
 
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
-    api::{Broker, Condition, Queue, QueueStatus, merge_conditions},
+    api::{Broker, Condition, ConditionType as Type, Queue, QueueStatus, Reason, merge_conditions},
+    problem::{Problem, not_degraded},
     redis::admin::Snapshot,
 };
-
-/// Why a Queue is not (yet) usable, as the user should read it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Problem {
-    /// CamelCase, stable: SecretNotFound, Unreachable, Conflict…
-    pub reason: &'static str,
-    /// What happened and what to do about it. Never holds a credential.
-    pub message: String,
-    /// A fault (Degraded=True), or only a step still under way (e.g. the managed Redis starting).
-    pub fault: bool,
-    /// Whether the broker itself answered; the problem is then further in.
-    pub broker_ready: bool,
-}
-
-impl Problem {
-    pub fn fault(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            reason,
-            message: message.into(),
-            fault: true,
-            broker_ready: false,
-        }
-    }
-}
 
 /// What a successful provisioning round saw.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,40 +28,41 @@ pub fn build(
     let mut conditions = match outcome {
         Ok(p) => vec![
             Condition::new(
-                "Ready",
+                Type::Ready,
                 true,
-                "Provisioned",
+                Reason::Provisioned,
                 format!("stream {} is ready on {}", queue.stream_key(), p.server),
             ),
-            Condition::new("BrokerReady", true, "Connected", format!("connected to {}", p.server)),
-            Condition::new("Degraded", false, "AsExpected", ""),
+            Condition::new(
+                Type::BrokerReady,
+                true,
+                Reason::Connected,
+                format!("connected to {}", p.server),
+            ),
+            not_degraded(),
         ],
-        Err(problem) => vec![
-            Condition::new("Ready", false, problem.reason, problem.message.clone()),
-            if problem.broker_ready {
-                Condition::new("BrokerReady", true, "Connected", "the broker answers")
+        Err(problem) => {
+            let [ready, degraded] = problem.ready_and_degraded();
+            let broker = if problem.broker_ready {
+                Condition::new(Type::BrokerReady, true, Reason::Connected, "the broker answers")
             } else {
-                Condition::new("BrokerReady", false, problem.reason, problem.message.clone())
-            },
-            if problem.fault {
-                Condition::new("Degraded", true, problem.reason, problem.message.clone())
-            } else {
-                Condition::new("Degraded", false, "AsExpected", "")
-            },
-        ],
+                Condition::new(Type::BrokerReady, false, problem.reason, problem.message.clone())
+            };
+            vec![ready, broker, degraded]
+        }
     };
     if let Broker::Managed(managed) = &queue.spec.broker {
         conditions.push(match &managed.storage {
             Some(s) => Condition::new(
-                "Persistence",
+                Type::Persistence,
                 true,
-                "AppendOnlyFile",
+                Reason::AppendOnlyFile,
                 format!("append-only file on a {} PersistentVolumeClaim", s.size),
             ),
             None => Condition::new(
-                "Persistence",
+                Type::Persistence,
                 false,
-                "EmptyDir",
+                Reason::EmptyDir,
                 "no spec.broker.managed.storage: the data lives in an emptyDir and is lost with the pod; set storage to keep it",
             ),
         });
@@ -138,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_fault_is_degraded_with_its_reason_and_message() {
-        let problem = Problem::fault("SecretNotFound", "Secret ns/redis not found: create it");
+        let problem = Problem::fault(Reason::SecretNotFound, "Secret ns/redis not found: create it");
         let s = build(&queue(), &Err(problem), None, Timestamp::UNIX_EPOCH);
         assert_eq!(s.observed_generation, Some(3));
         for t in ["Ready", "BrokerReady", "Degraded"] {
@@ -150,10 +128,7 @@ mod tests {
 
     #[test]
     fn managed_without_storage_warns_about_persistence() {
-        let problem = Problem {
-            fault: false,
-            ..Problem::fault("WaitingForRedis", "starting")
-        };
+        let problem = Problem::waiting(Reason::WaitingForRedis, "starting");
         let s = build(&queue(), &Err(problem), None, Timestamp::UNIX_EPOCH);
         assert_eq!(condition(&s, "Persistence").reason, "EmptyDir");
         assert_eq!(condition(&s, "Degraded").status, crate::api::ConditionStatus::False);

@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
-use ::redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ErrorKind, RedisError, Value, aio::MultiplexedConnection,
-};
+use ::redis::{RedisError, Value, aio::MultiplexedConnection};
 
-use super::acl::{self, Role};
+use super::{
+    Error,
+    acl::{self, Role},
+    connection::{self, Endpoint},
+    reply,
+};
 
 /// How long connecting or one command may take before Redis counts as unreachable.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -34,89 +37,6 @@ if KEYS[2] then local d = info(KEYS[2]); table.insert(out, d[1]); table.insert(o
 return out
 "#;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("not a Redis URL ({0}); expected redis://[user:password@]host:port[/db] or rediss://…")]
-    InvalidUrl(String),
-    #[error("Redis rejected the credentials: check the user name and password in the URL")]
-    Authentication,
-    #[error("cannot reach Redis at {addr}: {detail}")]
-    Unreachable { addr: String, detail: String },
-    #[error(
-        "Redis {version} at {addr} is too old: streamq needs Redis or Valkey 7.0 or newer (consumer-group lag arrived in 7.0)"
-    )]
-    UnsupportedVersion { addr: String, version: String },
-    #[error("key {key:?} holds a {kind}, not a stream: delete it or give the Queue another streamKey")]
-    WrongType { key: String, kind: String },
-    #[error(
-        "the Redis user of the URL lacks a permission streamq needs ({0}); it must be allowed to administer streams and ACL users"
-    )]
-    NoPermission(String),
-    #[error("Redis command failed: {0}")]
-    Command(String),
-}
-
-impl Error {
-    fn from_redis(err: RedisError, addr: &str) -> Self {
-        if err.kind() == ErrorKind::AuthenticationFailed || err.code() == Some("WRONGPASS") {
-            return Self::Authentication;
-        }
-        if err.code() == Some("NOPERM") {
-            return Self::NoPermission(err.detail().unwrap_or_default().to_owned());
-        }
-        // E.g. `rediss://…#insecure`, which streamq refuses: the URL asks for what cannot be done.
-        if err.kind() == ErrorKind::InvalidClientConfig {
-            return Self::InvalidUrl(err.to_string());
-        }
-        if err.is_io_error() || err.is_timeout() || err.is_connection_refusal() || err.is_connection_dropped() {
-            return Self::Unreachable {
-                addr: addr.to_owned(),
-                detail: err.to_string(),
-            };
-        }
-        Self::Command(err.to_string())
-    }
-
-    /// A CamelCase reason for conditions and metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::InvalidUrl(_) => "InvalidURL",
-            Self::Authentication => "AuthenticationFailed",
-            Self::Unreachable { .. } => "Unreachable",
-            Self::UnsupportedVersion { .. } => "UnsupportedVersion",
-            Self::WrongType { .. } => "WrongKeyType",
-            Self::NoPermission(_) => "NoPermission",
-            Self::Command(_) => "RedisError",
-        }
-    }
-}
-
-/// Where a Redis server is, without credentials: what per-queue URLs are built from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    pub db: i64,
-}
-
-impl Endpoint {
-    /// A URL for `user`, e.g. `redis://streamq.ns.q.consumer:pw@host:6379/0`.
-    pub fn url_for(&self, user: &str, password: &str) -> String {
-        let scheme = if self.tls { "rediss" } else { "redis" };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        format!("{scheme}://{user}:{password}@{host}:{}/{}", self.port, self.db)
-    }
-
-    pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-}
-
 /// An administrative connection to one Redis server.
 #[derive(Clone)]
 pub struct Admin {
@@ -125,51 +45,23 @@ pub struct Admin {
     pub version: String,
 }
 
-/// Parses a URL without connecting. The error never repeats the URL: it may hold a password.
-pub fn parse_url(url: &str) -> Result<(Client, Endpoint), Error> {
-    super::install_tls_provider();
-    let client =
-        Client::open(url.trim()).map_err(|e| Error::InvalidUrl(e.detail().unwrap_or("unparsable").to_owned()))?;
-    let info = client.get_connection_info();
-    let (tls, host, port) = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => (false, host.clone(), *port),
-        ConnectionAddr::TcpTls { host, port, .. } => (true, host.clone(), *port),
-        other => {
-            return Err(Error::InvalidUrl(format!(
-                "unsupported address {other:?}; use a TCP address"
-            )));
-        }
-    };
-    Ok((
-        client.clone(),
-        Endpoint {
-            tls,
-            host,
-            port,
-            db: info.redis_settings().db(),
-        },
-    ))
-}
-
 /// Connects, authenticates and checks that the server is Redis/Valkey 7.0+.
 pub async fn connect(url: &str) -> Result<Admin, Error> {
-    let (client, endpoint) = parse_url(url)?;
-    let addr = endpoint.addr();
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(TIMEOUT))
-        .set_response_timeout(Some(TIMEOUT));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| Error::from_redis(e, &addr))?;
+    let options = connection::Options {
+        client_name: None,
+        connect_timeout: TIMEOUT,
+        response_timeout: TIMEOUT,
+    };
+    let (mut conn, endpoint) = connection::open(url, options).await?;
+    let target = endpoint.addr();
     let info: String = ::redis::cmd("INFO")
         .arg("server")
         .query_async(&mut conn)
         .await
-        .map_err(|e| Error::from_redis(e, &addr))?;
+        .map_err(|e| Error::classify(e, "INFO", Some(&target)))?;
     let version = server_version(&info);
     if !version_at_least_7(&version) {
-        return Err(Error::UnsupportedVersion { addr, version });
+        return Err(Error::UnsupportedVersion { target, version });
     }
     Ok(Admin {
         conn,
@@ -258,8 +150,8 @@ pub struct Changes {
 }
 
 impl Admin {
-    fn err(&self, e: RedisError) -> Error {
-        Error::from_redis(e, &self.endpoint.addr())
+    fn err(&self, command: &'static str) -> impl FnOnce(RedisError) -> Error + '_ {
+        move |e| Error::classify(e, command, Some(&self.endpoint.addr()))
     }
 
     /// Round trip 1: everything the reconciler decides from.
@@ -281,23 +173,19 @@ impl Admin {
             .cmd("ACL")
             .arg("GETUSER")
             .arg(&q.consumer_user);
-        let (stream, owner, producer, consumer): (Vec<Value>, Option<String>, Value, Value) =
-            pipe.query_async(&mut self.conn).await.map_err(|e| self.err(e))?;
-        let text = |v: Option<&Value>| match v {
-            Some(Value::SimpleString(s)) => s.clone(),
-            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-            _ => String::new(),
-        };
-        let int = |v: Option<&Value>| match v {
-            Some(Value::Int(i)) => u64::try_from(*i).unwrap_or(0),
-            _ => 0,
-        };
+        let (stream, owner, producer, consumer): (Vec<Value>, Option<String>, Value, Value) = pipe
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("EVAL snapshot/GET/ACL GETUSER"))?;
+        let mut stream = stream.into_iter();
+        let text = |v: Value| reply::string(v).unwrap_or_default();
+        let int = |v: Value| reply::count(v).unwrap_or(0);
         Ok(Snapshot {
-            stream_type: text(stream.first()),
-            length: int(stream.get(1)),
-            entries_added: int(stream.get(2)),
-            dead_letter_type: stream.get(3).map(|v| text(Some(v))),
-            dead_letter_length: stream.get(4).map(|v| int(Some(v))),
+            stream_type: stream.next().map(text).unwrap_or_default(),
+            length: stream.next().map(int).unwrap_or(0),
+            entries_added: stream.next().map(int).unwrap_or(0),
+            dead_letter_type: stream.next().map(text),
+            dead_letter_length: stream.next().map(int),
             owner,
             producer_user_exists: !matches!(producer, Value::Nil),
             consumer_user_exists: !matches!(consumer, Value::Nil),
@@ -371,8 +259,10 @@ impl Admin {
             .arg(if q.dead_letter.is_some() { "1" } else { "0" })
             .arg(MAINTENANCE_BUDGET);
         pipe.add_command(maintain);
-        let ((trimmed, dead_lettered, vanished),): ((u64, u64, u64),) =
-            pipe.query_async(&mut self.conn).await.map_err(|e| self.err(e))?;
+        let ((trimmed, dead_lettered, vanished),): ((u64, u64, u64),) = pipe
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("XGROUP/SET/ACL SETUSER/EVAL maintain"))?;
         changes.trimmed = trimmed;
         changes.dead_lettered = dead_lettered;
         changes.vanished = vanished;
@@ -400,7 +290,7 @@ impl Admin {
         match created {
             Ok(()) => Ok(true),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
-            Err(e) => Err(self.err(e)),
+            Err(e) => Err(self.err("XGROUP CREATE")(e)),
         }
     }
 
@@ -419,7 +309,7 @@ impl Admin {
             .arg(consumer)
             .query_async(&mut self.conn)
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(self.err("EVAL XGROUP DELCONSUMER"))?;
         Ok(removed == 0)
     }
 
@@ -442,7 +332,7 @@ impl Admin {
                     .arg(1000)
                     .query_async(&mut self.conn)
                     .await
-                    .map_err(|e| self.err(e))?;
+                    .map_err(self.err("SCAN"))?;
                 keys.extend(found);
                 if next == 0 {
                     break;
@@ -459,7 +349,9 @@ impl Admin {
         if !keys.is_empty() {
             pipe.cmd("DEL").arg(keys).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn).await.map_err(|e| self.err(e))
+        pipe.query_async::<()>(&mut self.conn)
+            .await
+            .map_err(self.err("ACL DELUSER/DEL"))
     }
 }
 
@@ -483,33 +375,5 @@ mod tests {
             "valkey 8.0.1"
         );
         assert_eq!(server_version("# Server\r\nredis_version:7.0.15\r\n"), "7.0.15");
-    }
-
-    #[test]
-    fn malformed_urls_are_refused_without_echoing_them() {
-        for bad in ["http://u:secret@host", "not a url", "redis://u:secret@:0/x"] {
-            let err = parse_url(bad).err().map(|e| e.to_string()).unwrap_or_default();
-            if !err.is_empty() {
-                assert!(!err.contains("secret"), "{err}");
-            }
-        }
-        assert!(parse_url("http://u:secret@host").is_err());
-    }
-
-    #[test]
-    fn endpoint_urls_round_trip() {
-        let (_, ep) = parse_url("redis://admin:pw@redis.example:6380/2").unwrap();
-        assert_eq!(
-            ep,
-            Endpoint {
-                tls: false,
-                host: "redis.example".into(),
-                port: 6380,
-                db: 2
-            }
-        );
-        let url = ep.url_for("streamq.ns.q.producer", "abc");
-        assert_eq!(url, "redis://streamq.ns.q.producer:abc@redis.example:6380/2");
-        assert_eq!(parse_url(&url).unwrap().1, ep);
     }
 }

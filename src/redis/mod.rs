@@ -4,10 +4,15 @@
 
 pub mod acl;
 pub mod admin;
+pub mod connection;
+mod error;
 pub mod keys;
 pub mod pool;
+pub mod reply;
 pub mod sampler;
 pub mod stream;
+
+pub use error::Error;
 
 /// Makes `rediss://` URLs usable: redis's rustls backend takes the process-wide
 /// crypto provider and fails without one.

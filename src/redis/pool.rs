@@ -5,7 +5,10 @@ use std::collections::HashMap;
 
 use tokio::sync::Mutex;
 
-use super::admin::{self, Admin};
+use super::{
+    Error,
+    admin::{self, Admin},
+};
 
 #[derive(Default)]
 pub struct AdminPool {
@@ -14,7 +17,7 @@ pub struct AdminPool {
 }
 
 impl AdminPool {
-    pub async fn get(&self, url: &str) -> Result<Admin, admin::Error> {
+    pub async fn get(&self, url: &str) -> Result<Admin, Error> {
         if let Some(admin) = self.connections.lock().await.get(url) {
             return Ok(admin.clone());
         }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use ::redis::{Value, aio::MultiplexedConnection};
 
-use super::{admin::Error, keys};
+use super::{Error, keys, reply};
 
 const SAMPLE_LUA: &str = include_str!("sample.lua");
 
@@ -62,89 +62,81 @@ pub async fn sample(
     let replies: Vec<Value> = pipe
         .query_async(conn)
         .await
-        .map_err(|e| Error::Command(e.to_string()))?;
-    Ok(targets.keys().cloned().zip(replies.iter().map(parse_stream)).collect())
+        .map_err(|e| Error::classify(e, "EVAL sample", None))?;
+    Ok(targets
+        .keys()
+        .cloned()
+        .zip(replies.into_iter().map(parse_stream))
+        .collect())
 }
 
-fn int(v: Option<&Value>) -> Option<i64> {
-    match v? {
-        Value::Int(i) => Some(*i),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
-fn text(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(Value::SimpleString(s)) => s.clone(),
-        _ => String::new(),
-    }
-}
-
-fn items(v: Option<&Value>) -> &[Value] {
-    match v {
-        Some(Value::Array(a)) => a,
-        _ => &[],
-    }
-}
-
-fn non_negative(v: Option<i64>) -> Option<u64> {
-    v.and_then(|i| u64::try_from(i).ok())
-}
-
-fn parse_stream(reply: &Value) -> StreamSample {
-    let top = items(Some(reply));
+/// Reads the sample script's reply: `[now_ms, entries_added, length, group…]`.
+fn parse_stream(value: Value) -> StreamSample {
+    let mut top = reply::seq(value).into_iter();
     let mut sample = StreamSample {
-        now_ms: non_negative(int(top.first())).unwrap_or(0),
-        entries_added: non_negative(int(top.get(1))),
-        length: non_negative(int(top.get(2))).unwrap_or(0),
+        now_ms: top.next().and_then(reply::count).unwrap_or(0),
+        entries_added: top.next().and_then(reply::count),
+        length: top.next().and_then(reply::count).unwrap_or(0),
         groups: BTreeMap::new(),
     };
-    for g in top.iter().skip(3) {
-        let g = items(Some(g));
-        if int(g.get(1)) != Some(1) {
-            continue;
+    for group in top {
+        if let Some((name, g)) = parse_group(group) {
+            sample.groups.insert(name, g);
         }
-        let stats: BTreeMap<String, i64> = items(g.get(8))
-            .chunks(2)
-            .filter_map(|kv| Some((text(kv.first()), int(kv.get(1))?)))
-            .collect();
-        let consumers = items(g.get(7))
-            .iter()
-            .map(|c| {
-                let c = items(Some(c));
-                let name = text(c.first());
-                ConsumerSample {
-                    pending: non_negative(int(c.get(1))).unwrap_or(0),
-                    idle: Duration::from_millis(non_negative(int(c.get(2))).unwrap_or(0)),
-                    processed: stats
-                        .get(&keys::stats_processed_field(&name))
-                        .and_then(|v| u64::try_from(*v).ok()),
-                    busy: stats
-                        .get(&keys::stats_busy_field(&name))
-                        .and_then(|v| u64::try_from(*v).ok())
-                        .map(Duration::from_micros),
-                    name,
-                }
-            })
-            .collect();
-        let source = match text(g.get(4)).as_str() {
-            "counted" => "counted",
-            "estimated" => "estimated",
-            _ => "exact",
-        };
-        sample.groups.insert(
-            text(g.first()),
-            GroupSample {
-                entries_read: non_negative(int(g.get(2))),
-                lag: non_negative(int(g.get(3))).unwrap_or(0),
-                lag_source: source,
-                pending: non_negative(int(g.get(5))).unwrap_or(0),
-                oldest_undelivered_ms: non_negative(int(g.get(6))),
-                consumers,
-            },
-        );
     }
     sample
+}
+
+/// `[name, exists, entries_read, lag, lag_source, pending, oldest_ms, consumers, stats]`;
+/// `None` for a group that does not exist (`[name, 0]`).
+fn parse_group(value: Value) -> Option<(String, GroupSample)> {
+    let text = |v: Option<Value>| v.and_then(reply::string).unwrap_or_default();
+    let mut g = reply::seq(value).into_iter();
+    let name = text(g.next());
+    if g.next().and_then(reply::int) != Some(1) {
+        return None;
+    }
+    let entries_read = g.next().and_then(reply::count);
+    let lag = g.next().and_then(reply::count).unwrap_or(0);
+    let lag_source = match text(g.next()).as_str() {
+        "counted" => "counted",
+        "estimated" => "estimated",
+        _ => "exact",
+    };
+    let pending = g.next().and_then(reply::count).unwrap_or(0);
+    let oldest_undelivered_ms = g.next().and_then(reply::count);
+    let consumers = g.next().map(reply::seq).unwrap_or_default();
+    let stats: BTreeMap<String, u64> = g
+        .next()
+        .map(reply::fields)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, std::str::from_utf8(&v).ok()?.parse().ok()?)))
+        .collect();
+    let consumers = consumers
+        .into_iter()
+        .map(|c| {
+            let mut c = reply::seq(c).into_iter();
+            let name = text(c.next());
+            ConsumerSample {
+                pending: c.next().and_then(reply::count).unwrap_or(0),
+                idle: Duration::from_millis(c.next().and_then(reply::count).unwrap_or(0)),
+                processed: stats.get(&keys::stats_processed_field(&name)).copied(),
+                busy: stats
+                    .get(&keys::stats_busy_field(&name))
+                    .copied()
+                    .map(Duration::from_micros),
+                name,
+            }
+        })
+        .collect();
+    let group = GroupSample {
+        entries_read,
+        lag,
+        lag_source,
+        pending,
+        oldest_undelivered_ms,
+        consumers,
+    };
+    Some((name, group))
 }

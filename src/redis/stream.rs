@@ -9,66 +9,18 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use ::redis::{AsyncConnectionConfig, ErrorKind, RedisError, RedisResult, Value, aio::MultiplexedConnection};
+use ::redis::{RedisError, RedisResult, Value, aio::MultiplexedConnection};
 
-use super::keys;
+use super::{Error, connection, keys, reply};
 
-/// Errors of the stream commands, phrased for the person running the worker.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    #[error("invalid Redis URL: {0}")]
-    InvalidUrl(String),
-    #[error("cannot connect to Redis at {target}: {source}")]
-    Connect {
-        target: String,
-        #[source]
-        source: RedisError,
-    },
-    #[error("Redis at {target} rejected the credentials (wrong user name or password?): {detail}")]
-    Auth { target: String, detail: String },
-    #[error("consumer group {group} does not exist on stream {stream}; is the Consumer reconciled?")]
-    NoGroup { stream: String, group: String },
-    #[error(
-        "stream {stream} does not exist, so consumer group {group} does not either; is the Queue and Consumer reconciled?"
-    )]
-    NoStream { stream: String, group: String },
-    #[error("Redis ACL denied {command}: {detail}")]
-    NoPermission { command: &'static str, detail: String },
-    #[error("Redis {command} failed: {source}")]
-    Command {
-        command: &'static str,
-        #[source]
-        source: RedisError,
-    },
-    #[error("unexpected reply to {command}: {detail}")]
-    Reply { command: &'static str, detail: String },
-}
-
-impl StreamError {
-    /// Whether retrying later may help (connection trouble), as opposed to a
-    /// configuration problem that only a person can fix.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Connect { .. } => true,
-            Self::Command { source, .. } => {
-                source.is_io_error() || source.is_connection_dropped() || source.is_timeout()
-            }
-            _ => false,
-        }
-    }
-
-    fn from_command(command: &'static str, stream: &str, group: &str, source: RedisError) -> Self {
-        match source.code() {
-            Some("NOGROUP") => Self::NoGroup {
-                stream: stream.to_owned(),
-                group: group.to_owned(),
-            },
-            Some("NOPERM") => Self::NoPermission {
-                command,
-                detail: source.detail().unwrap_or_default().to_owned(),
-            },
-            _ => Self::Command { command, source },
-        }
+/// The errors of a command on `stream` for `group`: a missing group is named as such.
+fn command_error(command: &'static str, stream: &str, group: &str, source: RedisError) -> Error {
+    match source.code() {
+        Some("NOGROUP") => Error::NoGroup {
+            stream: stream.to_owned(),
+            group: group.to_owned(),
+        },
+        _ => Error::classify(source, command, None),
     }
 }
 
@@ -110,73 +62,15 @@ pub struct AutoClaimed {
     pub deleted: Vec<String>,
 }
 
-/// Where a URL points, without credentials, for error messages and logs.
-pub fn redacted_target(url: &str) -> String {
-    match ::redis::parse_redis_url(url) {
-        Some(parsed) => {
-            let host = parsed.host_str().unwrap_or("?");
-            let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
-            format!("{}://{host}{port}{}", parsed.scheme(), parsed.path())
-        }
-        None => "<invalid URL>".to_owned(),
-    }
-}
-
-/// Opens a multiplexed connection named `client_name` (`CLIENT SETNAME`, so
-/// operators can tell workers apart in `CLIENT LIST`). `response_timeout`
-/// must exceed any `BLOCK` the connection will be used for.
-pub async fn connect(
-    url: &str,
-    client_name: &str,
-    response_timeout: Duration,
-) -> Result<MultiplexedConnection, StreamError> {
-    let target = redacted_target(url);
-    super::install_tls_provider();
-    let client = ::redis::Client::open(url).map_err(|e| StreamError::InvalidUrl(format!("{target}: {e}")))?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(response_timeout));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|source| classify_connect_error(&target, source))?;
-    let name = sanitize_client_name(client_name);
-    ::redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg(&name)
-        .query_async::<()>(&mut conn)
-        .await
-        .map_err(|source| match source.code() {
-            Some("NOPERM") => StreamError::NoPermission {
-                command: "CLIENT SETNAME",
-                detail: source.detail().unwrap_or_default().to_owned(),
-            },
-            _ => classify_connect_error(&target, source),
-        })?;
-    Ok(conn)
-}
-
-fn classify_connect_error(target: &str, source: RedisError) -> StreamError {
-    let auth = source.kind() == ErrorKind::AuthenticationFailed
-        || matches!(source.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
-    if auth {
-        StreamError::Auth {
-            target: target.to_owned(),
-            detail: source.to_string(),
-        }
-    } else {
-        StreamError::Connect {
-            target: target.to_owned(),
-            source,
-        }
-    }
-}
-
-/// Client names may not contain spaces or newlines.
-fn sanitize_client_name(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { '-' })
-        .collect()
+/// Opens a worker's or producer's connection named `client_name`.
+/// `response_timeout` must exceed any `BLOCK` the connection will be used for.
+pub async fn connect(url: &str, client_name: &str, response_timeout: Duration) -> Result<MultiplexedConnection, Error> {
+    let options = connection::Options {
+        client_name: Some(client_name),
+        connect_timeout: Duration::from_secs(5),
+        response_timeout,
+    };
+    Ok(connection::open(url, options).await?.0)
 }
 
 /// Fails unless `group` exists on `stream`, naming what is missing, and
@@ -187,25 +81,25 @@ pub async fn check_group(
     stream: &str,
     group: &str,
     consumer: &str,
-) -> Result<(), StreamError> {
+) -> Result<(), Error> {
     let groups: RedisResult<Value> = ::redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await;
     let groups = match groups {
         Ok(v) => v,
         Err(e) if e.code() == Some("ERR") && e.detail().is_some_and(|d| d.contains("no such key")) => {
-            return Err(StreamError::NoStream {
+            return Err(Error::NoStream {
                 stream: stream.to_owned(),
                 group: group.to_owned(),
             });
         }
-        Err(e) => return Err(StreamError::from_command("XINFO GROUPS", stream, group, e)),
+        Err(e) => return Err(command_error("XINFO GROUPS", stream, group, e)),
     };
-    let found = as_seq(&groups).iter().any(|g| {
-        fields_of(g)
+    let found = reply::seq(groups).into_iter().any(|g| {
+        reply::fields(g)
             .iter()
             .any(|(k, v)| k == "name" && v.as_slice() == group.as_bytes())
     });
     if !found {
-        return Err(StreamError::NoGroup {
+        return Err(Error::NoGroup {
             stream: stream.to_owned(),
             group: group.to_owned(),
         });
@@ -217,7 +111,7 @@ pub async fn check_group(
         .arg(consumer)
         .query_async::<()>(conn)
         .await
-        .map_err(|e| StreamError::from_command("XGROUP CREATECONSUMER", stream, group, e))
+        .map_err(|e| command_error("XGROUP CREATECONSUMER", stream, group, e))
 }
 
 /// `XREADGROUP GROUP group consumer COUNT count BLOCK block STREAMS stream >`:
@@ -229,7 +123,7 @@ pub async fn read_group(
     consumer: &str,
     count: usize,
     block: Duration,
-) -> Result<Vec<StreamEntry>, StreamError> {
+) -> Result<Vec<StreamEntry>, Error> {
     let reply: Value = ::redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(group)
@@ -243,7 +137,7 @@ pub async fn read_group(
         .arg(">")
         .query_async(conn)
         .await
-        .map_err(|e| StreamError::from_command("XREADGROUP", stream, group, e))?;
+        .map_err(|e| command_error("XREADGROUP", stream, group, e))?;
     // RESP2: [[key, entries]]; RESP3: {key: entries}; nil on timeout.
     // Parsed by value: the payloads move into the entries, uncopied.
     let mut out = Vec::new();
@@ -251,13 +145,13 @@ pub async fn read_group(
         Value::Nil => {}
         Value::Map(pairs) => {
             for (_, entries) in pairs {
-                parse_entries(entries, &mut out, &mut Vec::new());
+                reply::entries(entries, &mut out, &mut Vec::new());
             }
         }
         other => {
-            for per_key in into_seq(other) {
-                if let Some(entries) = into_seq(per_key).into_iter().nth(1) {
-                    parse_entries(entries, &mut out, &mut Vec::new());
+            for per_key in reply::seq(other) {
+                if let Some(entries) = reply::seq(per_key).into_iter().nth(1) {
+                    reply::entries(entries, &mut out, &mut Vec::new());
                 }
             }
         }
@@ -276,7 +170,7 @@ pub async fn auto_claim(
     min_idle: Duration,
     start: &str,
     count: usize,
-) -> Result<AutoClaimed, StreamError> {
+) -> Result<AutoClaimed, Error> {
     let reply: Value = ::redis::cmd("XAUTOCLAIM")
         .arg(stream)
         .arg(group)
@@ -287,25 +181,25 @@ pub async fn auto_claim(
         .arg(count.max(1))
         .query_async(conn)
         .await
-        .map_err(|e| StreamError::from_command("XAUTOCLAIM", stream, group, e))?;
-    let Some(next_start) = as_seq(&reply).first().and_then(as_string) else {
-        return Err(StreamError::Reply {
+        .map_err(|e| command_error("XAUTOCLAIM", stream, group, e))?;
+    let mut parts = reply::seq(reply).into_iter();
+    let Some(next_start) = parts.next().and_then(reply::string) else {
+        return Err(Error::Reply {
             command: "XAUTOCLAIM",
-            detail: format!("no cursor in {reply:?}"),
+            detail: "no cursor where the reply begins".into(),
         });
     };
     let mut claimed = AutoClaimed {
         next_start,
         ..AutoClaimed::default()
     };
-    let mut parts = into_seq(reply).into_iter().skip(1);
     if let Some(entries) = parts.next() {
-        parse_entries(entries, &mut claimed.entries, &mut claimed.deleted);
+        reply::entries(entries, &mut claimed.entries, &mut claimed.deleted);
     }
     if let Some(deleted) = parts.next() {
         claimed
             .deleted
-            .extend(into_seq(deleted).into_iter().filter_map(into_string));
+            .extend(reply::seq(deleted).into_iter().filter_map(reply::string));
     }
     Ok(claimed)
 }
@@ -319,7 +213,7 @@ pub async fn delivery_counts(
     group: &str,
     consumer: &str,
     ids: &[&str],
-) -> Result<HashMap<String, u64>, StreamError> {
+) -> Result<HashMap<String, u64>, Error> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -336,15 +230,13 @@ pub async fn delivery_counts(
     let replies: Vec<Value> = pipe
         .query_async(conn)
         .await
-        .map_err(|e| StreamError::from_command("XPENDING", stream, group, e))?;
+        .map_err(|e| command_error("XPENDING", stream, group, e))?;
     let mut counts = HashMap::with_capacity(ids.len());
-    for reply in &replies {
-        for pending in as_seq(reply) {
-            // [id, consumer, idle ms, delivery count]
-            let row = as_seq(pending);
-            if let (Some(id), Some(Value::Int(n))) = (row.first().and_then(as_string), row.get(3)) {
-                counts.insert(id, (*n).max(0) as u64);
-            }
+    for pending in replies.into_iter().flat_map(reply::seq) {
+        // [id, consumer, idle ms, delivery count]
+        let mut row = reply::seq(pending).into_iter();
+        if let (Some(id), Some(n)) = (row.next().and_then(reply::string), row.nth(2).and_then(reply::int)) {
+            counts.insert(id, n.max(0) as u64);
         }
     }
     Ok(counts)
@@ -373,7 +265,7 @@ pub async fn ack_with_stats(
     consumer: &str,
     ids: &[&str],
     stats: Stats,
-) -> Result<u64, StreamError> {
+) -> Result<u64, Error> {
     let mut pipe = ::redis::pipe();
     for chunk in ids.chunks(MAX_IDS_PER_XACK) {
         pipe.cmd("XACK").arg(stream).arg(group).arg(chunk);
@@ -399,7 +291,7 @@ pub async fn ack_with_stats(
     let replies: Vec<Value> = pipe
         .query_async(conn)
         .await
-        .map_err(|e| StreamError::from_command("XACK/HINCRBY", stream, group, e))?;
+        .map_err(|e| command_error("XACK/HINCRBY", stream, group, e))?;
     // Only the XACK replies are kept (the HINCRBYs are ignored).
     Ok(replies
         .iter()
@@ -428,7 +320,7 @@ pub async fn dead_letter(
     group: &str,
     entry: &StreamEntry,
     why: &DeadLetter<'_>,
-) -> Result<String, StreamError> {
+) -> Result<String, Error> {
     let mut xadd = ::redis::cmd("XADD");
     xadd.arg(why.dead_letter_stream).arg("*");
     for (k, v) in &entry.fields {
@@ -457,7 +349,7 @@ pub async fn dead_letter(
     let (dead_id,): (String,) = pipe
         .query_async(conn)
         .await
-        .map_err(|e| StreamError::from_command("MULTI/XADD dead-letter/XACK/EXEC", stream, group, e))?;
+        .map_err(|e| command_error("MULTI/XADD dead-letter/XACK/EXEC", stream, group, e))?;
     Ok(dead_id)
 }
 
@@ -494,166 +386,4 @@ where
         return Ok(Vec::new());
     }
     pipe.ignore_errors().query_async(conn).await
-}
-
-fn as_seq(value: &Value) -> &[Value] {
-    match value {
-        Value::Array(items) | Value::Set(items) => items,
-        _ => &[],
-    }
-}
-
-fn as_string(value: &Value) -> Option<String> {
-    as_bytes(value).map(|b| String::from_utf8_lossy(&b).into_owned())
-}
-
-fn as_bytes(value: &Value) -> Option<Vec<u8>> {
-    match value {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.clone().into_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.clone().into_bytes()),
-        Value::Int(n) => Some(n.to_string().into_bytes()),
-        Value::Double(d) => Some(d.to_string().into_bytes()),
-        Value::Okay => Some(b"OK".to_vec()),
-        _ => None,
-    }
-}
-
-/// Field/value pairs from a flat array (RESP2) or a map (RESP3).
-fn fields_of(value: &Value) -> Vec<(String, Vec<u8>)> {
-    match value {
-        Value::Map(pairs) => pairs
-            .iter()
-            .filter_map(|(k, v)| Some((as_string(k)?, as_bytes(v).unwrap_or_default())))
-            .collect(),
-        other => as_seq(other)
-            .chunks_exact(2)
-            .filter_map(|kv| Some((as_string(&kv[0])?, as_bytes(&kv[1]).unwrap_or_default())))
-            .collect(),
-    }
-}
-
-fn into_seq(value: Value) -> Vec<Value> {
-    match value {
-        Value::Array(items) | Value::Set(items) => items,
-        _ => Vec::new(),
-    }
-}
-
-fn into_bytes(value: Value) -> Option<Vec<u8>> {
-    match value {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
-        other => as_bytes(&other),
-    }
-}
-
-/// Text from a reply; bytes that are not UTF-8 become U+FFFD.
-fn into_string(value: Value) -> Option<String> {
-    into_bytes(value)
-        .map(|b| String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
-}
-
-/// Field/value pairs, by value, from a flat array (RESP2) or a map (RESP3).
-/// Values are kept byte-exact; a field name that is not UTF-8 is made text
-/// with U+FFFD (names are header names, and headers are text).
-fn into_fields(value: Value) -> Vec<(String, Vec<u8>)> {
-    let pair = |k: Value, v: Value| Some((into_string(k)?, into_bytes(v).unwrap_or_default()));
-    match value {
-        Value::Map(pairs) => pairs.into_iter().filter_map(|(k, v)| pair(k, v)).collect(),
-        other => {
-            let items = into_seq(other);
-            let mut fields = Vec::with_capacity(items.len() / 2);
-            let mut items = items.into_iter();
-            while let (Some(k), Some(v)) = (items.next(), items.next()) {
-                fields.extend(pair(k, v));
-            }
-            fields
-        }
-    }
-}
-
-/// Parses `[[id, [f, v, …]], …]`, by value. An entry with a nil body (its
-/// data was trimmed away) goes to `deleted`; a nil in place of a whole entry
-/// carries no id and is dropped.
-fn parse_entries(value: Value, out: &mut Vec<StreamEntry>, deleted: &mut Vec<String>) {
-    let entries = into_seq(value);
-    out.reserve(entries.len());
-    for entry in entries {
-        let mut parts = into_seq(entry).into_iter();
-        let Some(id) = parts.next().and_then(into_string) else {
-            continue;
-        };
-        match parts.next() {
-            None | Some(Value::Nil) => deleted.push(id),
-            Some(body) => out.push(StreamEntry {
-                id,
-                fields: into_fields(body),
-            }),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn parses_entries_with_nil_bodies_as_deleted() {
-        let reply = Value::Array(vec![
-            Value::Array(vec![
-                bulk("1-0"),
-                Value::Array(vec![bulk("data"), bulk("x"), bulk("h"), bulk("y")]),
-            ]),
-            Value::Array(vec![bulk("2-0"), Value::Nil]),
-            Value::Nil,
-        ]);
-        let (mut out, mut deleted) = (Vec::new(), Vec::new());
-        parse_entries(reply, &mut out, &mut deleted);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].data(), b"x");
-        assert_eq!(out[0].headers().collect::<Vec<_>>(), vec![("h", &b"y"[..])]);
-        assert_eq!(deleted, vec!["2-0".to_owned()]);
-    }
-
-    #[test]
-    fn keeps_values_byte_exact_and_makes_names_text() {
-        let payload: Vec<u8> = vec![0xff, 0x00, 0xc3, 0x28, b'\n'];
-        let reply = Value::Array(vec![
-            Value::Array(vec![
-                bulk("1-0"),
-                Value::Array(vec![
-                    bulk("data"),
-                    Value::BulkString(payload.clone()),
-                    Value::BulkString(b"h\xff".to_vec()),
-                    bulk("v"),
-                ]),
-            ]),
-            // No data field at all.
-            Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("only"), bulk("header")])]),
-            // RESP3 shape.
-            Value::Array(vec![bulk("3-0"), Value::Map(vec![(bulk("data"), bulk("m"))])]),
-        ]);
-        let (mut out, mut deleted) = (Vec::new(), Vec::new());
-        parse_entries(reply, &mut out, &mut deleted);
-        assert!(deleted.is_empty());
-        assert_eq!(out[0].data(), payload.as_slice());
-        assert_eq!(out[0].headers().collect::<Vec<_>>(), vec![("h\u{fffd}", &b"v"[..])]);
-        assert_eq!(out[1].data(), b"");
-        assert_eq!(out[1].field("data"), None);
-        assert_eq!(out[1].headers().collect::<Vec<_>>(), vec![("only", &b"header"[..])]);
-        assert_eq!(out[2].data(), b"m");
-    }
-
-    #[test]
-    fn redacts_credentials() {
-        let t = redacted_target("redis://user:secret@example.com:6380/2");
-        assert!(!t.contains("secret"), "{t}");
-        assert!(t.contains("example.com:6380"), "{t}");
-    }
 }

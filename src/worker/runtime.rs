@@ -23,7 +23,10 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::redis::stream::{self, DeadLetter, Stats, StreamEntry, StreamError};
+use crate::redis::{
+    Error as StreamError,
+    stream::{self, DeadLetter, Stats, StreamEntry},
+};
 
 /// How a [`Worker`] consumes its stream.
 #[derive(Clone, Debug)]

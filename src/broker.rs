@@ -1,0 +1,174 @@
+//! Where a Queue's Redis is and how to administer it: the admin URL from the
+//! external broker's Secret or the managed broker's admin Secret. Both
+//! controllers and the sampler use it; only the Queue controller provisions.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use tokio::sync::Mutex;
+
+use crate::{
+    api::{Broker, Queue, Reason},
+    context::Shared,
+    problem::Problem,
+    queue::build,
+    redis::{
+        admin::Admin,
+        connection::{self, Endpoint},
+    },
+};
+
+/// How to reach a Queue's Redis as its administrator.
+pub struct Access {
+    pub admin_url: String,
+    /// The address workers and producers use, which goes into their Secrets.
+    pub endpoint: Endpoint,
+}
+
+/// The admin URLs of the Queues provisioned so far (for the sampler, which
+/// must not read Secrets every second), and the development address overrides.
+#[derive(Default)]
+pub struct Brokers {
+    /// Development only: `namespace/queue` → `host:port` of the managed Redis,
+    /// for running the operator outside the cluster (see `--dev-redis-address`).
+    dev_addresses: BTreeMap<String, String>,
+    /// Queue uid → admin URL of its last successful provisioning.
+    provisioned: Mutex<HashMap<String, String>>,
+}
+
+impl Brokers {
+    pub fn new(dev_addresses: BTreeMap<String, String>) -> Self {
+        Self {
+            dev_addresses,
+            provisioned: Mutex::default(),
+        }
+    }
+
+    pub async fn remember(&self, uid: &str, admin_url: &str) {
+        self.provisioned
+            .lock()
+            .await
+            .insert(uid.to_owned(), admin_url.to_owned());
+    }
+
+    pub async fn forget(&self, uid: &str) {
+        self.provisioned.lock().await.remove(uid);
+    }
+
+    /// The admin URL of a provisioned Queue's Redis.
+    pub async fn admin_url(&self, uid: &str) -> Option<String> {
+        self.provisioned.lock().await.get(uid).cloned()
+    }
+
+    /// The managed Redis of `queue`, reached with `password`.
+    pub fn managed_access(&self, queue: &Queue, password: &str) -> Access {
+        let ns = queue.namespace().unwrap_or_default();
+        let address = self
+            .dev_addresses
+            .get(&format!("{ns}/{}", queue.name_any()))
+            .cloned()
+            .unwrap_or_else(|| format!("{}:{}", build::service_host(queue), build::REDIS_PORT));
+        Access {
+            admin_url: format!("redis://{}:{password}@{address}/0", build::ADMIN_USER),
+            endpoint: Endpoint {
+                tls: false,
+                host: build::service_host(queue),
+                port: build::REDIS_PORT as u16,
+                db: 0,
+            },
+        }
+    }
+}
+
+/// Reads how to reach `queue`'s Redis, provisioning nothing.
+pub async fn resolve(queue: &Queue, shared: &Shared) -> Result<Access, Problem> {
+    let ns = queue.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &ns);
+    match &queue.spec.broker {
+        Broker::External(external) => {
+            let r = &external.url_secret_ref;
+            let secret = secrets
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| Problem::kube("reading", &r.name, e))?;
+            external_access(&ns, r.name.as_str(), &r.key, secret.as_ref())
+        }
+        Broker::Managed(_) => {
+            let name = build::names(queue).admin_secret;
+            let secret = secrets
+                .get_opt(&name)
+                .await
+                .map_err(|e| Problem::kube("reading", &name, e))?;
+            let secret = secret
+                .ok_or_else(|| Problem::fault(Reason::SecretNotFound, format!("Secret {ns}/{name} does not exist")))?;
+            Ok(shared
+                .brokers
+                .managed_access(queue, &managed_password(&ns, &name, &secret)?))
+        }
+    }
+}
+
+/// The external broker's URL from its Secret (`None`: the Secret is missing).
+pub fn external_access(ns: &str, name: &str, key: &str, secret: Option<&Secret>) -> Result<Access, Problem> {
+    let secret = secret.ok_or_else(|| {
+        Problem::fault(
+            Reason::SecretNotFound,
+            format!(
+                "Secret {ns}/{name} (spec.broker.external.urlSecretRef) does not exist: create it with key {key:?} holding a redis:// URL"
+            ),
+        )
+    })?;
+    let url = secret_value(secret, key).ok_or_else(|| {
+        let keys: Vec<_> = secret.data.iter().flat_map(|d| d.keys().cloned()).collect();
+        Problem::fault(
+            Reason::SecretKeyMissing,
+            format!("Secret {ns}/{name} has no key {key:?} (its keys: {keys:?}): add the Redis URL under that key"),
+        )
+    })?;
+    let (_, endpoint) = connection::parse_url(&url).map_err(|e| Problem {
+        message: format!("Secret {ns}/{name} key {key:?}: {e}"),
+        ..Problem::redis(&e)
+    })?;
+    Ok(Access {
+        admin_url: url,
+        endpoint,
+    })
+}
+
+/// The managed Redis' admin password from its Secret.
+pub fn managed_password(ns: &str, name: &str, secret: &Secret) -> Result<String, Problem> {
+    secret_value(secret, "password").ok_or_else(|| {
+        Problem::fault(
+            Reason::SecretKeyMissing,
+            format!("Secret {ns}/{name} lost its password key: delete it to have a new one generated"),
+        )
+    })
+}
+
+/// An administrative connection to `queue`'s Redis, from the shared pool.
+pub async fn admin(queue: &Queue, shared: &Shared) -> Result<Admin, Problem> {
+    let access = resolve(queue, shared).await?;
+    connect(shared, &access.admin_url).await
+}
+
+/// An administrative connection to `url`, from the shared pool.
+pub async fn connect(shared: &Shared, url: &str) -> Result<Admin, Problem> {
+    shared.redis.get(url).await.map_err(|e| Problem::redis(&e))
+}
+
+/// Drops a cached connection to `queue`'s Redis after an error.
+pub async fn forget_admin(queue: &Queue, shared: &Shared) {
+    if let Ok(access) = resolve(queue, shared).await {
+        shared.redis.forget(&access.admin_url).await;
+    }
+}
+
+/// A Secret's value as trimmed text; `None` when absent, empty or not UTF-8.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone())
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}

@@ -1,0 +1,105 @@
+//! The sampler's latest decision and observation per Consumer, which the
+//! Consumer controller reads when it reconciles.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use tokio::sync::Mutex;
+
+use crate::{
+    api::{ConsumerStatus, Duration as ApiDuration},
+    autoscale::{Decision, LagSource},
+};
+
+/// The latest decision and observation per Consumer uid, and the last
+/// scaling the controller did (kept here, not read back from the cached
+/// status, which can be one write behind).
+#[derive(Default)]
+pub struct Decisions(Mutex<HashMap<String, Latest>>, Mutex<HashMap<String, LastScale>>);
+
+#[derive(Clone)]
+pub struct LastScale {
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    pub reason: String,
+}
+
+#[derive(Clone)]
+pub(super) struct Latest {
+    pub(super) decision: Decision,
+    pub(super) lag_source: &'static str,
+    pub(super) pending: u64,
+    pub(super) oldest_age: Option<Duration>,
+    /// Pending entries per consumer name (the pod name) at the last sample.
+    pub(super) consumer_pending: BTreeMap<String, u64>,
+}
+
+impl Decisions {
+    /// The replicas the autoscaler wants, unless it is holding for lack of data.
+    pub async fn replicas(&self, uid: &str) -> Option<i32> {
+        let latest = self.0.lock().await.get(uid).cloned()?;
+        (!latest.decision.hold).then(|| i32::try_from(latest.decision.replicas).unwrap_or(i32::MAX))
+    }
+
+    /// Pending entries per consumer name at the last good sample.
+    pub async fn consumer_pending(&self, uid: &str) -> Option<BTreeMap<String, u64>> {
+        let latest = self.0.lock().await.get(uid).cloned()?;
+        (!latest.decision.hold).then_some(latest.consumer_pending)
+    }
+
+    pub async fn record_scale(&self, uid: &str, reason: String) {
+        let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+        self.1.lock().await.insert(uid.to_owned(), LastScale { time, reason });
+    }
+
+    pub async fn last_scale(&self, uid: &str) -> Option<LastScale> {
+        self.1.lock().await.get(uid).cloned()
+    }
+
+    pub async fn reason(&self, uid: &str) -> Option<String> {
+        self.0.lock().await.get(uid).map(|l| l.decision.reason.clone())
+    }
+
+    /// The status fields the sampler knows, over `previous`.
+    pub async fn observed_status(&self, uid: &str, previous: ConsumerStatus) -> ConsumerStatus {
+        let Some(latest) = self.0.lock().await.get(uid).cloned() else {
+            return previous;
+        };
+        let e = &latest.decision.estimates;
+        let round = |r: f64| (r * 100.0).round() / 100.0;
+        ConsumerStatus {
+            lag: e.lag.or(previous.lag),
+            lag_source: Some(match e.lag_source {
+                LagSource::Exact => latest.lag_source.to_owned(),
+                LagSource::Estimated => "estimated".into(),
+                LagSource::Unknown => "unknown".into(),
+            }),
+            pending: Some(latest.pending),
+            oldest_message_age: Some(
+                latest
+                    .oldest_age
+                    .map_or_else(|| "0s".into(), |d| ApiDuration::from(round_to_second(d)).to_string()),
+            ),
+            arrival_rate: e.arrival_rate.map(round),
+            completion_rate: e.completion_rate.map(round),
+            processing_time: Some(
+                ApiDuration::from_millis(u64::try_from(e.processing_time.as_millis()).unwrap_or(u64::MAX)).to_string(),
+            ),
+            ..previous
+        }
+    }
+
+    pub(super) async fn record(&self, uid: String, latest: Latest) {
+        self.0.lock().await.insert(uid, latest);
+    }
+
+    pub(super) async fn forget_missing(&self, alive: &[String]) {
+        self.0.lock().await.retain(|uid, _| alive.contains(uid));
+        self.1.lock().await.retain(|uid, _| alive.contains(uid));
+    }
+}
+
+fn round_to_second(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}
