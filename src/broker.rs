@@ -1,6 +1,7 @@
 //! Where a Queue's Redis is and how to administer it: the admin URL from the
 //! external broker's Secret or the managed broker's admin Secret. Both
 //! controllers and the sampler use it; only the Queue controller provisions.
+//! It holds the administrative connections too, one per Redis server.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,14 +9,16 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use tokio::sync::Mutex;
 
+use kube::Client;
+
 use crate::{
     api::{Broker, Queue, Reason},
-    context::Shared,
     problem::Problem,
     queue::build,
     redis::{
         admin::Admin,
         connection::{self, Endpoint},
+        pool::AdminPool,
     },
 };
 
@@ -27,9 +30,11 @@ pub struct Access {
 }
 
 /// The admin URLs of the Queues provisioned so far (for the sampler, which
-/// must not read Secrets every second), and the development address overrides.
+/// must not read Secrets every second), the administrative connections, one
+/// per server, and the development address overrides.
 #[derive(Default)]
 pub struct Brokers {
+    connections: AdminPool,
     /// Development only: `namespace/queue` → `host:port` of the managed Redis,
     /// for running the operator outside the cluster (see `--dev-redis-address`).
     dev_addresses: BTreeMap<String, String>,
@@ -40,6 +45,7 @@ pub struct Brokers {
 impl Brokers {
     pub fn new(dev_addresses: BTreeMap<String, String>) -> Self {
         Self {
+            connections: AdminPool::default(),
             dev_addresses,
             provisioned: Mutex::default(),
         }
@@ -61,6 +67,56 @@ impl Brokers {
         self.provisioned.lock().await.get(uid).cloned()
     }
 
+    /// Reads how to reach `queue`'s Redis, provisioning nothing.
+    pub async fn resolve(&self, queue: &Queue, client: &Client) -> Result<Access, Problem> {
+        let ns = queue.namespace().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        match &queue.spec.broker {
+            Broker::External(external) => {
+                let r = &external.url_secret_ref;
+                let secret = secrets
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(|e| Problem::kube("reading", &r.name, e))?;
+                external_access(&ns, r.name.as_str(), &r.key, secret.as_ref())
+            }
+            Broker::Managed(_) => {
+                let name = build::names(queue).admin_secret;
+                let secret = secrets
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| Problem::kube("reading", &name, e))?;
+                let secret = secret.ok_or_else(|| {
+                    Problem::fault(Reason::SecretNotFound, format!("Secret {ns}/{name} does not exist"))
+                })?;
+                Ok(self.managed_access(queue, &managed_password(&ns, &name, &secret)?))
+            }
+        }
+    }
+
+    /// An administrative connection to `queue`'s Redis, from the pool.
+    pub async fn admin(&self, queue: &Queue, client: &Client) -> Result<Admin, Problem> {
+        let access = self.resolve(queue, client).await?;
+        self.connect(&access.admin_url).await
+    }
+
+    /// An administrative connection to `url`, from the pool.
+    pub async fn connect(&self, url: &str) -> Result<Admin, Problem> {
+        self.connections.get(url).await.map_err(|e| Problem::redis(&e))
+    }
+
+    /// Drops a pooled connection after an error, so the next use reconnects.
+    pub async fn forget_connection(&self, url: &str) {
+        self.connections.forget(url).await;
+    }
+
+    /// Drops the pooled connection to `queue`'s Redis after an error.
+    pub async fn forget_admin(&self, queue: &Queue, client: &Client) {
+        if let Ok(access) = self.resolve(queue, client).await {
+            self.forget_connection(&access.admin_url).await;
+        }
+    }
+
     /// The managed Redis of `queue`, reached with `password`.
     pub fn managed_access(&self, queue: &Queue, password: &str) -> Access {
         let ns = queue.namespace().unwrap_or_default();
@@ -77,34 +133,6 @@ impl Brokers {
                 port: build::REDIS_PORT as u16,
                 db: 0,
             },
-        }
-    }
-}
-
-/// Reads how to reach `queue`'s Redis, provisioning nothing.
-pub async fn resolve(queue: &Queue, shared: &Shared) -> Result<Access, Problem> {
-    let ns = queue.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &ns);
-    match &queue.spec.broker {
-        Broker::External(external) => {
-            let r = &external.url_secret_ref;
-            let secret = secrets
-                .get_opt(&r.name)
-                .await
-                .map_err(|e| Problem::kube("reading", &r.name, e))?;
-            external_access(&ns, r.name.as_str(), &r.key, secret.as_ref())
-        }
-        Broker::Managed(_) => {
-            let name = build::names(queue).admin_secret;
-            let secret = secrets
-                .get_opt(&name)
-                .await
-                .map_err(|e| Problem::kube("reading", &name, e))?;
-            let secret = secret
-                .ok_or_else(|| Problem::fault(Reason::SecretNotFound, format!("Secret {ns}/{name} does not exist")))?;
-            Ok(shared
-                .brokers
-                .managed_access(queue, &managed_password(&ns, &name, &secret)?))
         }
     }
 }
@@ -144,24 +172,6 @@ pub fn managed_password(ns: &str, name: &str, secret: &Secret) -> Result<String,
             format!("Secret {ns}/{name} lost its password key: delete it to have a new one generated"),
         )
     })
-}
-
-/// An administrative connection to `queue`'s Redis, from the shared pool.
-pub async fn admin(queue: &Queue, shared: &Shared) -> Result<Admin, Problem> {
-    let access = resolve(queue, shared).await?;
-    connect(shared, &access.admin_url).await
-}
-
-/// An administrative connection to `url`, from the shared pool.
-pub async fn connect(shared: &Shared, url: &str) -> Result<Admin, Problem> {
-    shared.redis.get(url).await.map_err(|e| Problem::redis(&e))
-}
-
-/// Drops a cached connection to `queue`'s Redis after an error.
-pub async fn forget_admin(queue: &Queue, shared: &Shared) {
-    if let Ok(access) = resolve(queue, shared).await {
-        shared.redis.forget(&access.admin_url).await;
-    }
 }
 
 /// A Secret's value as trimmed text; `None` when absent, empty or not UTF-8.

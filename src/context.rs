@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use kube::{Client, runtime::events::Recorder};
 
-use crate::{broker::Brokers, k8s::Scope, metrics::Metrics, redis::pool::AdminPool};
+use crate::{broker::Brokers, k8s::Scope, metrics::Metrics};
 
 pub struct Shared {
     pub client: Client,
@@ -15,8 +15,6 @@ pub struct Shared {
     pub scope: Scope,
     /// How often an object is reconciled when nothing changed.
     pub resync: Duration,
-    /// Administrative Redis connections, one per server, shared by all Queues on it.
-    pub redis: AdminPool,
-    /// How to reach each Queue's Redis.
+    /// How to reach each Queue's Redis, and the connections to it.
     pub brokers: Brokers,
 }

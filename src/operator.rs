@@ -78,7 +78,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         metrics: Metrics::default(),
         scope: config.namespace.map_or(Scope::Cluster, Scope::Namespace),
         resync: config.resync_interval,
-        redis: Default::default(),
         brokers: Brokers::new(config.dev_redis_addresses),
     });
     let contexts = Contexts {

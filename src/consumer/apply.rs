@@ -13,7 +13,7 @@ use kube::{
 use super::{Context, build, build::QueueFacts, plan};
 use crate::{
     api::{Consumer, Queue, StartFrom},
-    broker, k8s,
+    k8s,
     problem::Problem,
     redis::admin::Admin,
 };
@@ -31,7 +31,7 @@ pub struct Workload {
 
 /// The group exists before any worker starts (XGROUP CREATE is idempotent here).
 pub async fn ensure_group(consumer: &Consumer, queue: &Queue, stream: &str, ctx: &Context) -> Result<Admin, Problem> {
-    let mut admin = broker::admin(queue, &ctx.shared).await?;
+    let mut admin = ctx.shared.brokers.admin(queue, &ctx.shared.client).await?;
     let from = match consumer.spec.start_from {
         StartFrom::Earliest => "0",
         StartFrom::Latest => "$",
@@ -51,7 +51,7 @@ pub async fn ensure_group(consumer: &Consumer, queue: &Queue, stream: &str, ctx:
         }
         Ok(false) => {}
         Err(e) => {
-            broker::forget_admin(queue, &ctx.shared).await;
+            ctx.shared.brokers.forget_admin(queue, &ctx.shared.client).await;
             return Err(Problem::redis(&e));
         }
     }

@@ -120,12 +120,12 @@ async fn sample_server(
     for (c, stream) in &members {
         targets.entry(stream.clone()).or_default().push(c.group());
     }
-    let samples = match ctx.shared.redis.get(url).await {
+    let samples = match ctx.shared.brokers.connect(url).await {
         Ok(mut admin) => admin.sample(&targets).await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+        Err(problem) => Err(problem.message),
     };
     if samples.is_err() {
-        ctx.shared.redis.forget(url).await;
+        ctx.shared.brokers.forget_connection(url).await;
     }
     for (consumer, stream) in members {
         let uid = consumer.uid().unwrap_or_default();

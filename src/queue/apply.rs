@@ -20,7 +20,7 @@ use crate::{
 pub(super) async fn provision(queue: &Queue, ctx: &Context) -> Result<Provisioned, Problem> {
     validate::validate(queue).map_err(|e| Problem::fault(Reason::InvalidSpec, e.0))?;
     let access = broker_access(queue, ctx).await?;
-    let mut admin = broker::connect(&ctx.shared, &access.admin_url).await?;
+    let mut admin = ctx.shared.brokers.connect(&access.admin_url).await?;
     let credentials = existing_credentials(queue, ctx).await?;
     let spec = build::redis_spec(queue, credentials.producer, credentials.consumer);
     let (snapshot, changes) = provision_redis(queue, ctx, &access, &mut admin, &spec).await?;
@@ -50,7 +50,7 @@ pub(super) async fn provision(queue: &Queue, ctx: &Context) -> Result<Provisione
 /// The external URL, or the managed Redis applied and ready.
 async fn broker_access(queue: &Queue, ctx: &Context) -> Result<Access, Problem> {
     match &queue.spec.broker {
-        Broker::External(_) => broker::resolve(queue, &ctx.shared).await,
+        Broker::External(_) => ctx.shared.brokers.resolve(queue, &ctx.shared.client).await,
         Broker::Managed(managed) => apply_managed_redis(queue, managed, ctx).await,
     }
 }
@@ -159,16 +159,16 @@ async fn provision_redis(
     let snapshot = match admin.snapshot(spec).await {
         Ok(s) => s,
         Err(e) => {
-            ctx.shared.redis.forget(&access.admin_url).await;
+            ctx.shared.brokers.forget_connection(&access.admin_url).await;
             return Err(Problem::redis(&e));
         }
     };
-    let claim = claim::decide(queue, &ctx.shared, spec, snapshot.owner.as_deref(), admin).await?;
+    let claim = claim::decide(queue, &ctx.shared.client, spec, snapshot.owner.as_deref(), admin).await?;
     match admin.provision(spec, &snapshot, claim).await {
         Ok(changes) => Ok((snapshot, changes)),
         Err(e) => {
             if matches!(e, crate::redis::Error::Unreachable { .. }) {
-                ctx.shared.redis.forget(&access.admin_url).await;
+                ctx.shared.brokers.forget_connection(&access.admin_url).await;
             }
             Err(Problem::redis(&e).past_the_broker())
         }

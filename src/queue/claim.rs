@@ -1,11 +1,10 @@
 //! The ownership claim on a stream key: two Queues that name one stream on
 //! one Redis must not both manage it.
 
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::{
     api::{Queue, Reason},
-    context::Shared,
     problem::Problem,
     redis::admin::{Admin, QueueSpec},
 };
@@ -50,7 +49,7 @@ impl Claim {
 /// key keeps it; the younger gets `Conflict` and touches nothing.
 pub async fn decide(
     queue: &Queue,
-    shared: &Shared,
+    client: &Client,
     spec: &QueueSpec,
     owner: Option<&str>,
     admin: &Admin,
@@ -63,7 +62,7 @@ pub async fn decide(
         return Ok(true);
     };
     // A claim left by a Queue that no longer exists is free to take.
-    let others: Api<Queue> = Api::namespaced(shared.client.clone(), &other.namespace);
+    let others: Api<Queue> = Api::namespaced(client.clone(), &other.namespace);
     let alive = match others.get_opt(&other.name).await {
         Ok(found) => found.is_some_and(|q| q.uid().as_deref() == Some(other.uid.as_str())),
         // Cannot tell (e.g. no access to that namespace): assume it lives.

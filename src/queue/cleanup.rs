@@ -12,7 +12,7 @@ use kube::{
 use super::{Context, Error, FINALIZER, build, events, status};
 use crate::{
     api::{DeletionPolicy, Queue, Reason},
-    broker, k8s,
+    k8s,
     problem::Problem,
 };
 
@@ -62,7 +62,7 @@ async fn forget(ctx: &Context, uid: &str) {
 /// Removes the users, and the data when the policy says so and the stream is
 /// ours. Returns whether the data went.
 async fn remove_from_redis(queue: &Queue, ctx: &Context) -> Result<bool, Problem> {
-    let mut admin = broker::admin(queue, &ctx.shared).await?;
+    let mut admin = ctx.shared.brokers.admin(queue, &ctx.shared.client).await?;
     let spec = build::redis_spec(queue, String::new(), String::new());
     let owner = admin.snapshot(&spec).await.map_err(|e| Problem::redis(&e))?.owner;
     // Never delete data another Queue owns (this one may have been the younger of a conflict).

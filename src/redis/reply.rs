@@ -3,8 +3,6 @@
 
 use ::redis::Value;
 
-use super::stream::StreamEntry;
-
 /// The items of an array or set reply; empty for anything else.
 pub fn seq(value: Value) -> Vec<Value> {
     match value {
@@ -61,82 +59,5 @@ pub fn fields(value: Value) -> Vec<(String, Vec<u8>)> {
             }
             fields
         }
-    }
-}
-
-/// Parses `[[id, [f, v, …]], …]`. An entry with a nil body (its data was
-/// trimmed away) goes to `deleted`; a nil in place of a whole entry carries
-/// no id and is dropped.
-pub fn entries(value: Value, out: &mut Vec<StreamEntry>, deleted: &mut Vec<String>) {
-    let entries = seq(value);
-    out.reserve(entries.len());
-    for entry in entries {
-        let mut parts = seq(entry).into_iter();
-        let Some(id) = parts.next().and_then(string) else {
-            continue;
-        };
-        match parts.next() {
-            None | Some(Value::Nil) => deleted.push(id),
-            Some(body) => out.push(StreamEntry {
-                id,
-                fields: fields(body),
-            }),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn parses_entries_with_nil_bodies_as_deleted() {
-        let reply = Value::Array(vec![
-            Value::Array(vec![
-                bulk("1-0"),
-                Value::Array(vec![bulk("data"), bulk("x"), bulk("h"), bulk("y")]),
-            ]),
-            Value::Array(vec![bulk("2-0"), Value::Nil]),
-            Value::Nil,
-        ]);
-        let (mut out, mut deleted) = (Vec::new(), Vec::new());
-        entries(reply, &mut out, &mut deleted);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].data(), b"x");
-        assert_eq!(out[0].headers().collect::<Vec<_>>(), vec![("h", &b"y"[..])]);
-        assert_eq!(deleted, vec!["2-0".to_owned()]);
-    }
-
-    #[test]
-    fn keeps_values_byte_exact_and_makes_names_text() {
-        let payload: Vec<u8> = vec![0xff, 0x00, 0xc3, 0x28, b'\n'];
-        let reply = Value::Array(vec![
-            Value::Array(vec![
-                bulk("1-0"),
-                Value::Array(vec![
-                    bulk("data"),
-                    Value::BulkString(payload.clone()),
-                    Value::BulkString(b"h\xff".to_vec()),
-                    bulk("v"),
-                ]),
-            ]),
-            // No data field at all.
-            Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("only"), bulk("header")])]),
-            // RESP3 shape.
-            Value::Array(vec![bulk("3-0"), Value::Map(vec![(bulk("data"), bulk("m"))])]),
-        ]);
-        let (mut out, mut deleted) = (Vec::new(), Vec::new());
-        entries(reply, &mut out, &mut deleted);
-        assert!(deleted.is_empty());
-        assert_eq!(out[0].data(), payload.as_slice());
-        assert_eq!(out[0].headers().collect::<Vec<_>>(), vec![("h\u{fffd}", &b"v"[..])]);
-        assert_eq!(out[1].data(), b"");
-        assert_eq!(out[1].field("data"), None);
-        assert_eq!(out[1].headers().collect::<Vec<_>>(), vec![("only", &b"header"[..])]);
-        assert_eq!(out[2].data(), b"m");
     }
 }

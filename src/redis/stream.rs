@@ -145,13 +145,13 @@ pub async fn read_group(
         Value::Nil => {}
         Value::Map(pairs) => {
             for (_, entries) in pairs {
-                reply::entries(entries, &mut out, &mut Vec::new());
+                parse_entries(entries, &mut out, &mut Vec::new());
             }
         }
         other => {
             for per_key in reply::seq(other) {
                 if let Some(entries) = reply::seq(per_key).into_iter().nth(1) {
-                    reply::entries(entries, &mut out, &mut Vec::new());
+                    parse_entries(entries, &mut out, &mut Vec::new());
                 }
             }
         }
@@ -194,7 +194,7 @@ pub async fn auto_claim(
         ..AutoClaimed::default()
     };
     if let Some(entries) = parts.next() {
-        reply::entries(entries, &mut claimed.entries, &mut claimed.deleted);
+        parse_entries(entries, &mut claimed.entries, &mut claimed.deleted);
     }
     if let Some(deleted) = parts.next() {
         claimed
@@ -386,4 +386,81 @@ where
         return Ok(Vec::new());
     }
     pipe.ignore_errors().query_async(conn).await
+}
+
+/// Parses `[[id, [f, v, …]], …]`. An entry with a nil body (its data was
+/// trimmed away) goes to `deleted`; a nil in place of a whole entry carries
+/// no id and is dropped.
+fn parse_entries(value: Value, out: &mut Vec<StreamEntry>, deleted: &mut Vec<String>) {
+    let entries = reply::seq(value);
+    out.reserve(entries.len());
+    for entry in entries {
+        let mut parts = reply::seq(entry).into_iter();
+        let Some(id) = parts.next().and_then(reply::string) else {
+            continue;
+        };
+        match parts.next() {
+            None | Some(Value::Nil) => deleted.push(id),
+            Some(body) => out.push(StreamEntry {
+                id,
+                fields: reply::fields(body),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_entries_with_nil_bodies_as_deleted() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![bulk("data"), bulk("x"), bulk("h"), bulk("y")]),
+            ]),
+            Value::Array(vec![bulk("2-0"), Value::Nil]),
+            Value::Nil,
+        ]);
+        let (mut out, mut deleted) = (Vec::new(), Vec::new());
+        parse_entries(reply, &mut out, &mut deleted);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].data(), b"x");
+        assert_eq!(out[0].headers().collect::<Vec<_>>(), vec![("h", &b"y"[..])]);
+        assert_eq!(deleted, vec!["2-0".to_owned()]);
+    }
+
+    #[test]
+    fn keeps_values_byte_exact_and_makes_names_text() {
+        let payload: Vec<u8> = vec![0xff, 0x00, 0xc3, 0x28, b'\n'];
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![
+                    bulk("data"),
+                    Value::BulkString(payload.clone()),
+                    Value::BulkString(b"h\xff".to_vec()),
+                    bulk("v"),
+                ]),
+            ]),
+            // No data field at all.
+            Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("only"), bulk("header")])]),
+            // RESP3 shape.
+            Value::Array(vec![bulk("3-0"), Value::Map(vec![(bulk("data"), bulk("m"))])]),
+        ]);
+        let (mut out, mut deleted) = (Vec::new(), Vec::new());
+        parse_entries(reply, &mut out, &mut deleted);
+        assert!(deleted.is_empty());
+        assert_eq!(out[0].data(), payload.as_slice());
+        assert_eq!(out[0].headers().collect::<Vec<_>>(), vec![("h\u{fffd}", &b"v"[..])]);
+        assert_eq!(out[1].data(), b"");
+        assert_eq!(out[1].field("data"), None);
+        assert_eq!(out[1].headers().collect::<Vec<_>>(), vec![("only", &b"header"[..])]);
+        assert_eq!(out[2].data(), b"m");
+    }
 }
