@@ -92,7 +92,65 @@ pub fn service(queue: &Queue) -> Service {
 pub fn stateful_set(queue: &Queue, managed: &ManagedBroker, conf: &str) -> StatefulSet {
     let n = names(queue);
     let selector = labels(queue, "redis");
-    let (data_volume, claims) = match &managed.storage {
+    let (data_volume, claims) = data_volume(managed);
+    let volumes = std::iter::once(Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: n.config.clone(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    })
+    .chain(data_volume)
+    .collect();
+    // Delete the claim with the StatefulSet only when the user asked for the data to go.
+    let claim_policy = match queue.spec.deletion_policy {
+        DeletionPolicy::Delete => "Delete",
+        DeletionPolicy::Retain => "Retain",
+    };
+    let container = redis_container(managed);
+    StatefulSet {
+        metadata: meta(queue, &n.redis, "redis"),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(n.redis.clone()),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some(claim_policy.into()),
+                when_scaled: Some("Retain".into()),
+            }),
+            volume_claim_templates: claims,
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector),
+                    // A config change rolls the pod.
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.into(),
+                        hex::encode(&Sha256::digest(conf.as_bytes())[..8]),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    enable_service_links: Some(false),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security_context()),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+/// The data volume: a claim template when `storage` is set, else an emptyDir.
+fn data_volume(managed: &ManagedBroker) -> (Option<Volume>, Option<Vec<PersistentVolumeClaim>>) {
+    match &managed.storage {
         Some(storage) => (
             None,
             Some(vec![PersistentVolumeClaim {
@@ -120,23 +178,26 @@ pub fn stateful_set(queue: &Queue, managed: &ManagedBroker, conf: &str) -> State
             }),
             None,
         ),
-    };
-    let volumes = std::iter::once(Volume {
-        name: "config".into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: n.config.clone(),
-            ..ConfigMapVolumeSource::default()
+    }
+}
+
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(REDIS_UID),
+        run_as_group: Some(REDIS_UID),
+        fs_group: Some(REDIS_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
         }),
-        ..Volume::default()
-    })
-    .chain(data_volume)
-    .collect();
-    // Delete the claim with the StatefulSet only when the user asked for the data to go.
-    let claim_policy = match queue.spec.deletion_policy {
-        DeletionPolicy::Delete => "Delete",
-        DeletionPolicy::Retain => "Retain",
-    };
-    let container = Container {
+        ..PodSecurityContext::default()
+    }
+}
+
+/// Redis from the generated `redis.conf`, probed, `restricted`-compliant.
+fn redis_container(managed: &ManagedBroker) -> Container {
+    Container {
         name: "redis".into(),
         image: Some(managed.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into())),
         command: Some(vec!["redis-server".into(), "/etc/redis/redis.conf".into()]),
@@ -200,53 +261,6 @@ pub fn stateful_set(queue: &Queue, managed: &ManagedBroker, conf: &str) -> State
             },
         ]),
         ..Container::default()
-    };
-    StatefulSet {
-        metadata: meta(queue, &n.redis, "redis"),
-        spec: Some(StatefulSetSpec {
-            replicas: Some(1),
-            service_name: Some(n.redis.clone()),
-            selector: LabelSelector {
-                match_labels: Some(selector.clone()),
-                ..LabelSelector::default()
-            },
-            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
-                when_deleted: Some(claim_policy.into()),
-                when_scaled: Some("Retain".into()),
-            }),
-            volume_claim_templates: claims,
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(selector),
-                    // A config change rolls the pod.
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.into(),
-                        hex::encode(&Sha256::digest(conf.as_bytes())[..8]),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    enable_service_links: Some(false),
-                    automount_service_account_token: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(REDIS_UID),
-                        run_as_group: Some(REDIS_UID),
-                        fs_group: Some(REDIS_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
-            },
-            ..StatefulSetSpec::default()
-        }),
-        ..StatefulSet::default()
     }
 }
 
