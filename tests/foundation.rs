@@ -347,3 +347,63 @@ async fn harness_reaches_redis_7_or_newer() {
         "streamq needs Redis 7.0+, the test redis-server is {version}"
     );
 }
+
+/// Every `enum` list of a schema, by its JSON path.
+fn enums(value: &serde_json::Value, path: &str, out: &mut Vec<(String, serde_json::Value)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                if k == "enum" {
+                    out.push((path.to_owned(), v.clone()));
+                } else {
+                    enums(v, &format!("{path}/{k}"), out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| enums(v, path, out)),
+        _ => {}
+    }
+}
+
+/// kubectl reads YAML 1.1, where an unquoted `no` is a boolean: the CRD as
+/// the API server holds it must keep every enum value the code generates
+/// (`appendfsync: "no"` was once rejected as `supported values: … "false"`).
+#[tokio::test]
+async fn crds_applied_by_kubectl_keep_every_enum_value() {
+    let env = TestEnv::new("crd-enums").await;
+    kubectl_ok(None, &["apply", "-f", "crds/"]);
+    let applied =
+        Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(
+            env.client.clone(),
+        );
+    for generated in streamq::api::crdgen::crds() {
+        let name = generated.metadata.name.clone().unwrap_or_default();
+        let live = applied.get(&name).await.unwrap();
+        let (mut want, mut got) = (vec![], vec![]);
+        enums(&serde_json::to_value(&generated.spec).unwrap(), "", &mut want);
+        enums(&serde_json::to_value(&live.spec).unwrap(), "", &mut got);
+        assert!(
+            !want.is_empty() || name.starts_with("consumers"),
+            "{name} has enums to check"
+        );
+        assert_eq!(
+            got, want,
+            "{name}: enums as applied by kubectl differ from the generated schema"
+        );
+    }
+    let queues: Api<Queue> = Api::namespaced(env.client.clone(), &env.namespace);
+    let q: Queue = serde_json::from_value(json!({
+        "apiVersion": "streamq.dev/v1alpha1", "kind": "Queue",
+        "metadata": {"name": "fsync-no"},
+        "spec": {"broker": {"managed": {"appendfsync": "no"}}},
+    }))
+    .unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    queues
+        .create(&dry_run, &q)
+        .await
+        .expect("appendfsync \"no\" is admitted");
+}

@@ -38,13 +38,19 @@ pub fn file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
 }
 
-/// One CRD as a YAML document, starting with `---`.
-pub fn render_one(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
-    Ok(format!("---\n{}", serde_yaml::to_string(crd)?))
+/// One CRD as a YAML document, starting with `---`. Strings that YAML 1.1
+/// readers (kubectl) take for booleans, such as `no`, are quoted; long
+/// descriptions stay on one line, so a change to one reads as one line of diff.
+pub fn render_one(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::ser::Error> {
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
+    let yaml = serde_saphyr::to_string_with_options(crd, options)?;
+    // Blank lines inside block scalars come out indented; empty, they mean the same.
+    let lines: Vec<&str> = yaml.lines().map(|l| if l.trim().is_empty() { "" } else { l }).collect();
+    Ok(format!("---\n{}\n", lines.join("\n")))
 }
 
 /// All CRDs as one multi-document YAML stream.
-pub fn render() -> Result<String, serde_yaml::Error> {
+pub fn render() -> Result<String, serde_saphyr::ser::Error> {
     crds().iter().map(render_one).collect()
 }
 

@@ -33,11 +33,10 @@ fn for_each_object(value: &mut serde_json::Value, f: &mut impl FnMut(&mut serde_
     }
 }
 
-/// Reads YAML the way Kubernetes does. serde_yaml 0.9 expects enums as YAML
-/// tags (`!external`); Kubernetes writes them as one-key maps (`external:
-/// {…}`), as JSON does. Going through a JSON value reads them as the API
-/// server sends them. Used for fixtures and files users write.
-pub fn from_yaml<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, serde_yaml::Error> {
-    let value: serde_json::Value = serde_yaml::from_str(yaml)?;
+/// Reads YAML the way the API server reads JSON: through a JSON value, so
+/// enums are one-key maps (`external: {…}`) and numbers and strings convert as
+/// they do there. Used for fixtures and files users write.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, serde_saphyr::Error> {
+    let value: serde_json::Value = serde_saphyr::from_str(yaml)?;
     serde_json::from_value(value).map_err(serde::de::Error::custom)
 }

@@ -103,7 +103,7 @@ impl Scenario {
 
     /// Parses and validates a scenario; the error says what is wrong, in words.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let scenario: Scenario = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let scenario: Scenario = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
         scenario.validate()?;
         Ok(scenario)
     }

@@ -38,11 +38,10 @@ pub fn render(args: &[&str]) -> Vec<Value> {
     let mut all = vec!["template", "t", "charts/streamq", "-n", "streamq-system"];
     all.extend_from_slice(args);
     let yaml = helm_ok(&all);
-    serde_yaml::Deserializer::from_str(&yaml)
-        .filter_map(|doc| {
-            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-            (!v.is_null()).then_some(v)
-        })
+    serde_saphyr::from_multiple::<Value>(&yaml)
+        .unwrap()
+        .into_iter()
+        .filter(|v| !v.is_null())
         .collect()
 }
 
@@ -125,8 +124,7 @@ impl Release {
     pub fn granted(&self) -> BTreeSet<Access> {
         let manifest = helm_ok(&["get", "manifest", &self.name, "-n", &self.namespace]);
         let mut granted = BTreeSet::new();
-        for doc in serde_yaml::Deserializer::from_str(&manifest) {
-            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        for v in serde_saphyr::from_multiple::<Value>(&manifest).unwrap() {
             if !matches!(v["kind"].as_str(), Some("ClusterRole" | "Role")) {
                 continue;
             }
@@ -194,7 +192,7 @@ pub fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("{ns}-{sa}.kubeconfig"));
     std::fs::write(
         &path,
-        serde_yaml::to_string(&json!({
+        serde_saphyr::to_string(&json!({
             "apiVersion": "v1", "kind": "Config",
             "clusters": [{"name": "c", "cluster": {"server": server, "certificate-authority": ca}}],
             "users": [{"name": sa, "user": {"token": token.trim()}}],
