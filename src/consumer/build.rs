@@ -1,4 +1,4 @@
-//! Phase 2, pure: the Deployment a Consumer runs. The user's template is
+//! The build phase, pure: the Deployment a Consumer runs. The user's template is
 //! taken as it is; streamq only adds the label it selects on and the STREAMQ_*
 //! environment to containers that do not define those names.
 

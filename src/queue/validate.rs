@@ -1,4 +1,4 @@
-//! Phase 1, pure: is the spec usable? Admission already rejects what the
+//! The validate phase, pure: is the spec usable? Admission already rejects what the
 //! schema and CEL can express; this catches what they cannot.
 
 use crate::api::{Broker, Queue};

@@ -1,6 +1,8 @@
-//! All Redis I/O of streamq lives under this module: the operator's
-//! provisioning and sampling, and the worker runtime's and producer's stream
-//! commands.
+//! All Redis I/O of streamq lives under this module: one connect path
+//! (`connection`), one error type with one classification (`Error`), one
+//! family of reply parsers (`reply`), and the commands of the operator's
+//! provisioning (`admin`, `acl`) and sampling (`sampler`) and of the worker
+//! runtime and producer (`stream`).
 
 pub mod acl;
 pub mod admin;
