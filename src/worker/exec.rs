@@ -13,7 +13,7 @@ use tokio::{
     process::Command,
 };
 
-use super::runtime::{HandlerError, Message};
+use super::message::{HandlerError, Message};
 
 /// Bytes of the handler's stderr kept for `streamq.error`.
 const STDERR_TAIL: usize = 2048;

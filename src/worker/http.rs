@@ -8,7 +8,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use super::runtime::{HandlerError, Message};
+use super::message::{HandlerError, Message};
 
 /// Bytes of an error response body kept for `streamq.error`.
 const BODY_TAIL: usize = 2048;

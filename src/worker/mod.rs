@@ -32,12 +32,20 @@
 //!
 //! A handler that panics (library) fails its message like an `Err`.
 
+mod config;
+mod connection;
+mod dispatch;
 mod exec;
 mod http;
+mod message;
 mod metrics;
+mod reclaim;
 mod runtime;
+mod settle;
 
+pub use config::WorkerConfig;
 pub use exec::{ExecHandler, header_env_name};
 pub use http::HttpHandler;
+pub use message::{HandlerError, Message};
 pub use metrics::encode_metrics;
-pub use runtime::{Counters, HandlerError, Message, RunSummary, Worker, WorkerConfig, WorkerError};
+pub use runtime::{Counters, RunSummary, Worker, WorkerError};
