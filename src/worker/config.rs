@@ -52,38 +52,40 @@ impl WorkerConfig {
             block: Duration::from_secs(2),
         }
     }
-}
 
-pub(super) fn validate(cfg: &WorkerConfig) -> Result<(), WorkerError> {
-    let bad = |what: &str| Err(WorkerError::Config(what.to_owned()));
-    if cfg.stream.is_empty() {
-        return bad("the stream name is empty");
+    /// Rejects a configuration the worker cannot run with; warns about one
+    /// it runs badly with.
+    pub(super) fn validate(&self) -> Result<(), WorkerError> {
+        let bad = |what: &str| Err(WorkerError::Config(what.to_owned()));
+        if self.stream.is_empty() {
+            return bad("the stream name is empty");
+        }
+        if self.group.is_empty() {
+            return bad("the group name is empty");
+        }
+        if self.consumer.is_empty() {
+            return bad("the consumer name is empty");
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency must be at least 1");
+        }
+        if self.max_deliveries == 0 {
+            return bad("max deliveries must be at least 1");
+        }
+        if self.visibility_timeout < Duration::from_millis(100) {
+            return bad("the visibility timeout must be at least 100ms");
+        }
+        if self.block.is_zero() {
+            return bad("the read block time must be positive (0 would block forever)");
+        }
+        if let Some(t) = self.handler_timeout
+            && t >= self.visibility_timeout
+        {
+            tracing::warn!(
+                timeout = ?t, visibility_timeout = ?self.visibility_timeout,
+                "handler timeout is not below the visibility timeout: slow messages may be redelivered while still running"
+            );
+        }
+        Ok(())
     }
-    if cfg.group.is_empty() {
-        return bad("the group name is empty");
-    }
-    if cfg.consumer.is_empty() {
-        return bad("the consumer name is empty");
-    }
-    if cfg.concurrency == 0 {
-        return bad("concurrency must be at least 1");
-    }
-    if cfg.max_deliveries == 0 {
-        return bad("max deliveries must be at least 1");
-    }
-    if cfg.visibility_timeout < Duration::from_millis(100) {
-        return bad("the visibility timeout must be at least 100ms");
-    }
-    if cfg.block.is_zero() {
-        return bad("the read block time must be positive (0 would block forever)");
-    }
-    if let Some(t) = cfg.handler_timeout
-        && t >= cfg.visibility_timeout
-    {
-        tracing::warn!(
-            timeout = ?t, visibility_timeout = ?cfg.visibility_timeout,
-            "handler timeout is not below the visibility timeout: slow messages may be redelivered while still running"
-        );
-    }
-    Ok(())
 }

@@ -8,6 +8,8 @@ use ::redis::aio::MultiplexedConnection;
 use super::config::WorkerConfig;
 use crate::redis::stream::{self, StreamError};
 
+/// Runs `op` on the link's connection; on a transient error, backs off,
+/// reconnects and tries again, up to 5 retries.
 pub(super) async fn with_retries<T, F, Fut>(link: &mut Link, mut op: F) -> Result<T, StreamError>
 where
     F: FnMut(MultiplexedConnection) -> Fut,
@@ -22,9 +24,7 @@ where
                 let delay = backoff.next();
                 tracing::warn!(error = %e, retry_in = ?delay, "Redis call failed; retrying");
                 tokio::time::sleep(delay).await;
-                if let Err(e) = link.reconnect().await {
-                    tracing::warn!(error = %e, "reconnect failed");
-                }
+                link.reconnect().await;
             }
             Err(e) => return Err(e),
         }
@@ -52,12 +52,17 @@ impl Link {
         })
     }
 
-    pub(super) async fn reconnect(&mut self) -> Result<(), StreamError> {
-        self.conn = stream::connect(&self.url, &self.name, self.timeout).await?;
-        Ok(())
+    /// Replaces the connection. On failure the old one stays, and the next
+    /// call through it fails and leads here again.
+    pub(super) async fn reconnect(&mut self) {
+        match stream::connect(&self.url, &self.name, self.timeout).await {
+            Ok(conn) => self.conn = conn,
+            Err(e) => tracing::warn!(error = %e, "reconnect failed"),
+        }
     }
 }
 
+/// Delays between retries: 100 ms, doubling up to 6.4 s.
 #[derive(Default)]
 pub(super) struct Backoff {
     attempt: u32,

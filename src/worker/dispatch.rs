@@ -3,10 +3,11 @@
 //! loop.
 
 use std::{
+    any::Any,
     future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     task::Poll,
     time::{Duration, Instant},
 };
@@ -19,7 +20,7 @@ use tokio::{
 
 use super::{
     message::{HandlerError, Message},
-    runtime::Shared,
+    shared::Shared,
 };
 use crate::redis::stream::StreamEntry;
 
@@ -37,49 +38,95 @@ pub(super) struct HandlerRun {
 /// A message about to be handled, with the concurrency permit it holds
 /// while its handler runs.
 pub(super) struct Job {
-    pub(super) entry: Arc<StreamEntry>,
-    pub(super) delivery_count: u64,
-    pub(super) permit: OwnedSemaphorePermit,
+    entry: Arc<StreamEntry>,
+    delivery_count: u64,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Job {
+    pub(super) fn new(entry: StreamEntry, delivery_count: u64, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            entry: Arc::new(entry),
+            delivery_count,
+            permit,
+        }
+    }
 }
 
 /// Fewest messages worth a task of their own: a batch is split over the
 /// runtime's worker threads only when each part has at least this many.
 const MIN_JOBS_PER_TASK: usize = 32;
 
+/// Starts handlers and keeps the tasks that run them.
 pub(super) struct Dispatch {
-    pub(super) handler: Arc<HandlerFn>,
-    pub(super) timeout: Option<Duration>,
-    pub(super) done: mpsc::UnboundedSender<Vec<HandlerRun>>,
-    pub(super) shared: Arc<Shared>,
+    handler: Arc<HandlerFn>,
+    timeout: Option<Duration>,
+    done: mpsc::UnboundedSender<Vec<HandlerRun>>,
+    shared: Arc<Shared>,
+    tasks: JoinSet<()>,
     /// Worker threads of the runtime: a batch runs on at most this many tasks.
-    pub(super) lanes: usize,
+    lanes: usize,
 }
 
 impl Dispatch {
+    /// Sends the results to `done`; the settle loop ends once this and every
+    /// task it started are gone.
+    pub(super) fn new(
+        handler: Arc<HandlerFn>,
+        timeout: Option<Duration>,
+        done: mpsc::UnboundedSender<Vec<HandlerRun>>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            handler,
+            timeout,
+            done,
+            shared,
+            tasks: JoinSet::new(),
+            lanes: tokio::runtime::Handle::current().metrics().num_workers().max(1),
+        }
+    }
+
+    pub(super) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// Starts the handlers of one read (or reclaim) batch. Rather than a
     /// task per message, the batch runs on a few tasks (one per worker
     /// thread, at most), each driving its handlers concurrently: with fast
     /// handlers, the per-message task (spawn, JoinSet bookkeeping, wake-ups)
     /// and its channel send showed high in `perf` for a no-op handler.
-    pub(super) fn start(&self, tasks: &mut JoinSet<()>, mut jobs: Vec<Job>) {
+    pub(super) fn start(&mut self, mut jobs: Vec<Job>) {
         if jobs.is_empty() {
             return;
         }
-        {
-            let mut in_flight = self.shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            in_flight.extend(jobs.iter().map(|j| j.entry.id.clone()));
-            self.shared
-                .counters
-                .in_flight
-                .store(in_flight.len() as u64, Ordering::Relaxed);
-        }
+        self.shared.started(jobs.iter().map(|j| j.entry.id.as_str()));
         let parts = self.lanes.min(jobs.len() / MIN_JOBS_PER_TASK).max(1);
         let per_part = jobs.len().div_ceil(parts);
         while !jobs.is_empty() {
             let rest = jobs.split_off(per_part.min(jobs.len()));
             let part = std::mem::replace(&mut jobs, rest);
-            tasks.spawn(run_jobs(self.handler.clone(), self.timeout, self.done.clone(), part));
+            self.tasks
+                .spawn(run_jobs(self.handler.clone(), self.timeout, self.done.clone(), part));
         }
+    }
+
+    /// Forgets the tasks that have finished.
+    pub(super) fn reap_finished(&mut self) {
+        while self.tasks.try_join_next().is_some() {}
+    }
+
+    /// Waits up to `grace` for every task to finish; false if some did not.
+    pub(super) async fn finish_within(&mut self, grace: Duration) -> bool {
+        tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} })
+            .await
+            .is_ok()
+    }
+
+    /// Stops the tasks still running; dropping the handler futures kills
+    /// their child processes.
+    pub(super) async fn abandon(&mut self) {
+        self.tasks.shutdown().await;
     }
 }
 
@@ -122,10 +169,7 @@ async fn run_one(handler: &HandlerFn, timeout: Option<Duration>, job: Job) -> Ha
         delivery_count,
         permit,
     } = job;
-    let msg = Message {
-        entry: entry.clone(),
-        delivery_count,
-    };
+    let msg = Message::new(entry.clone(), delivery_count);
     let start = Instant::now();
     let call = AssertUnwindSafe(handler(msg)).catch_unwind();
     let result = match timeout {
@@ -137,18 +181,19 @@ async fn run_one(handler: &HandlerFn, timeout: Option<Duration>, job: Job) -> Ha
     };
     let busy = start.elapsed();
     drop(permit);
-    let result = result.unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a non-string panic payload".to_owned());
-        Err(HandlerError(format!("handler panicked: {why}")))
-    });
+    let result = result.unwrap_or_else(|panic| Err(HandlerError(format!("handler panicked: {}", panic_text(&*panic)))));
     HandlerRun {
         entry,
         delivery_count,
         result,
         busy,
     }
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned())
 }

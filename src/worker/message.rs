@@ -7,11 +7,15 @@ use crate::redis::stream::StreamEntry;
 /// A message handed to the handler.
 #[derive(Clone, Debug)]
 pub struct Message {
-    pub(super) entry: Arc<StreamEntry>,
-    pub(super) delivery_count: u64,
+    entry: Arc<StreamEntry>,
+    delivery_count: u64,
 }
 
 impl Message {
+    pub(super) fn new(entry: Arc<StreamEntry>, delivery_count: u64) -> Self {
+        Self { entry, delivery_count }
+    }
+
     pub fn id(&self) -> &str {
         &self.entry.id
     }

@@ -42,6 +42,7 @@ mod metrics;
 mod reclaim;
 mod runtime;
 mod settle;
+mod shared;
 
 pub use config::WorkerConfig;
 pub use exec::{ExecHandler, header_env_name};

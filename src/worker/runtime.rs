@@ -3,30 +3,32 @@
 //! period.
 
 use std::{
-    collections::{HashMap, HashSet},
     fmt,
     future::Future,
+    ops::ControlFlow,
+    pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::{
-    sync::{Semaphore, mpsc},
-    task::JoinSet,
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    task::{JoinError, JoinHandle},
 };
 
 use super::{
-    config::{WorkerConfig, validate},
+    config::WorkerConfig,
     connection::{Backoff, Link},
     dispatch::{Dispatch, HandlerFn, HandlerFuture, Job},
     message::{HandlerError, Message},
-    reclaim::reclaim,
+    reclaim::Reclaim,
     settle::settle_loop,
+    shared::Shared,
 };
-use crate::redis::stream::{self, StreamError};
+use crate::redis::stream::{self, StreamEntry, StreamError};
 
 /// Errors that stop a [`Worker`].
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,19 @@ pub struct Counters {
     pub trimmed: AtomicU64,
     pub reclaimed: AtomicU64,
     pub in_flight: AtomicU64,
+}
+
+impl Counters {
+    fn summary(&self, abandoned: u64) -> RunSummary {
+        RunSummary {
+            acked: self.acked.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            trimmed: self.trimmed.load(Ordering::Relaxed),
+            reclaimed: self.reclaimed.load(Ordering::Relaxed),
+            abandoned,
+        }
+    }
 }
 
 /// A stream consumer running an async handler per message.
@@ -127,260 +142,268 @@ impl Worker {
     /// returns. Errors only on what retrying cannot fix (missing group,
     /// ACL denial, bad credentials) or when Redis cannot be reached at start.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunSummary, WorkerError> {
-        let cfg = Arc::new(self.config);
-        validate(&cfg)?;
-        let mut control = Link::connect(&cfg, "ctl", Duration::from_secs(10)).await?;
-        stream::check_group(&mut control.conn, &cfg.stream, &cfg.group, &cfg.consumer).await?;
-        let mut reader = Link::connect(&cfg, "read", cfg.block + Duration::from_secs(5)).await?;
-        let acker_link = Link::connect(&cfg, "ack", Duration::from_secs(10)).await?;
-        tracing::info!(
-            stream = %cfg.stream, group = %cfg.group, consumer = %cfg.consumer,
-            concurrency = cfg.concurrency, "worker started"
-        );
-
-        let shared = Arc::new(Shared {
-            in_flight: Mutex::default(),
-            last_errors: Mutex::default(),
-            counters: self.counters.clone(),
-        });
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let mut acker = tokio::spawn(settle_loop(cfg.clone(), acker_link, shared.clone(), done_rx));
-        let semaphore = Arc::new(Semaphore::new(cfg.concurrency));
-        let mut tasks = JoinSet::new();
-        let dispatch = Dispatch {
-            handler: self.handler,
-            timeout: cfg.handler_timeout,
-            done: done_tx,
-            shared: shared.clone(),
-            lanes: tokio::runtime::Handle::current().metrics().num_workers().max(1),
-        };
-
-        let reclaim_every = (cfg.visibility_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
-        let mut next_reclaim = Instant::now();
-        let mut reclaim_cursor = "0-0".to_owned();
-        let mut backoff = Backoff::default();
-        let mut fatal: Option<WorkerError> = None;
-        let mut acker_result = None;
+        let (mut session, mut settler) = Session::open(self.config, self.handler, self.counters.clone()).await?;
         tokio::pin!(shutdown);
-
-        loop {
-            while tasks.try_join_next().is_some() {}
+        let stop = loop {
+            session.dispatch.reap_finished();
             let first = tokio::select! {
                 biased;
-                () = &mut shutdown => break,
-                r = &mut acker => { acker_result = Some(r); break }
-                p = semaphore.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                () = &mut shutdown => break Stop::Shutdown,
+                r = &mut settler => break Stop::SettleEnded(r),
+                p = session.free_slot() => p,
             };
-            let mut permits = vec![first];
-            while let Ok(p) = semaphore.clone().try_acquire_owned() {
-                permits.push(p);
-            }
-            // With fast handlers, permits come back one by one; reading
-            // right away would issue many tiny XREADGROUPs. Waiting up to a
-            // millisecond for a quarter of them batches the reads.
-            let want = (cfg.concurrency / 4).max(1);
-            if permits.len() < want
-                && let Ok(Ok(mut more)) = tokio::time::timeout(
-                    Duration::from_millis(1),
-                    semaphore.clone().acquire_many_owned((want - permits.len()) as u32),
-                )
-                .await
-            {
-                while more.num_permits() > 1 {
-                    permits.extend(more.split(1));
-                }
-                permits.push(more);
-            }
-
-            let mut stopping = false;
-            let step = if Instant::now() >= next_reclaim {
-                let r = reclaim(
-                    &cfg,
-                    &mut control.conn,
-                    &shared,
-                    &dispatch,
-                    &mut tasks,
-                    &mut permits,
-                    &reclaim_cursor,
-                )
-                .await;
-                match r {
-                    Ok(next) => {
-                        if next == "0-0" {
-                            next_reclaim = Instant::now() + reclaim_every;
-                        }
-                        reclaim_cursor = next;
-                        Ok(())
-                    }
-                    Err(e) => Err((e, &mut control)),
-                }
-            } else {
-                let wait = next_reclaim
-                    .saturating_duration_since(Instant::now())
-                    .clamp(Duration::from_millis(1), cfg.block);
-                let read = {
-                    let read = stream::read_group(
-                        &mut reader.conn,
-                        &cfg.stream,
-                        &cfg.group,
-                        &cfg.consumer,
-                        permits.len(),
-                        wait,
-                    );
-                    tokio::pin!(read);
-                    tokio::select! {
-                        biased;
-                        r = &mut read => r,
-                        () = &mut shutdown => {
-                            // The XREADGROUP may already be at Redis: what it delivers is this
-                            // consumer's from then on. Finish the read (at most `wait`) and handle
-                            // its entries within the grace period, rather than drop the reply and
-                            // leave them pending for a redelivery after the visibility timeout.
-                            stopping = true;
-                            read.await
-                        }
-                    }
-                };
-                match read {
-                    Ok(entries) => {
-                        let mut jobs = Vec::with_capacity(entries.len());
-                        for entry in entries {
-                            // A permit per entry: XREADGROUP returned at most permits.len().
-                            let Some(permit) = permits.pop() else {
-                                tracing::error!(id = %entry.id, "more entries than requested; left pending");
-                                break;
-                            };
-                            jobs.push(Job {
-                                entry: Arc::new(entry),
-                                delivery_count: 1,
-                                permit,
-                            });
-                        }
-                        dispatch.start(&mut tasks, jobs);
-                        Ok(())
-                    }
-                    Err(e) => Err((e, &mut reader)),
-                }
-            };
-            drop(permits);
-            if stopping {
-                break;
-            }
-            match step {
-                Ok(()) => backoff.reset(),
-                Err((e, _)) if !e.is_transient() => {
-                    fatal = Some(e.into());
-                    break;
-                }
-                Err((e, link)) => {
-                    let delay = backoff.next();
-                    tracing::warn!(error = %e, retry_in = ?delay, "Redis unavailable; retrying");
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    if let Err(e) = link.reconnect().await {
-                        tracing::warn!(error = %e, "reconnect failed");
+            let permits = session.more_free_slots(first).await;
+            match session.read_or_reclaim(permits, shutdown.as_mut()).await {
+                Step::Done => session.backoff.reset(),
+                Step::Stopping => break Stop::Shutdown,
+                Step::Failed(e, _) if !e.is_transient() => break Stop::Fatal(e.into()),
+                Step::Failed(e, role) => {
+                    if session.back_off(&e, role, shutdown.as_mut()).await.is_break() {
+                        break Stop::Shutdown;
                     }
                 }
             }
-        }
-
-        // Stop reading; give in-flight handlers the grace period. A
-        // handler holds its permit exactly while it runs.
-        let running = |semaphore: &Semaphore| cfg.concurrency.saturating_sub(semaphore.available_permits()) as u64;
-        if running(&semaphore) > 0 {
-            tracing::info!(running = running(&semaphore), grace = ?cfg.grace, "stopping: waiting for in-flight messages");
-        }
-        let drained = tokio::time::timeout(cfg.grace, async { while tasks.join_next().await.is_some() {} }).await;
-        let abandoned = if drained.is_err() {
-            let left = running(&semaphore);
-            tracing::warn!(
-                left,
-                "grace period over: unfinished messages stay pending for redelivery"
-            );
-            // Dropping the handler futures kills their child processes.
-            tasks.shutdown().await;
-            left
-        } else {
-            0
         };
-        drop(dispatch);
-        let settled = match acker_result {
-            Some(r) => r,
-            None => acker.await,
-        };
-        match settled {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => fatal = fatal.or(Some(e)),
-            Err(join) => fatal = fatal.or(Some(WorkerError::Config(format!("acker task failed: {join}")))),
-        }
-        if let Some(e) = fatal {
-            return Err(e);
-        }
-        let c = &self.counters;
-        let summary = RunSummary {
-            acked: c.acked.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-            trimmed: c.trimmed.load(Ordering::Relaxed),
-            reclaimed: c.reclaimed.load(Ordering::Relaxed),
-            abandoned,
-        };
+        let abandoned = session.drain().await;
+        first_error(stop, settler).await?;
+        let summary = self.counters.summary(abandoned);
         tracing::info!(?summary, "worker stopped");
         Ok(summary)
     }
 }
 
-/// State shared by the dispatcher and the settle loop.
-pub(super) struct Shared {
-    /// Ids claimed by this worker and not settled yet (running, or done and
-    /// waiting for their ack). A reclaim pass that sweeps one of them up
-    /// must not start it a second time.
-    pub(super) in_flight: Mutex<HashSet<String>>,
-    /// The last handler error per message id, for `streamq.error` when a
-    /// message is dead-lettered at reclaim time.
-    last_errors: Mutex<HashMap<String, String>>,
-    pub(super) counters: Arc<Counters>,
+type Permits = Vec<OwnedSemaphorePermit>;
+type Settler = JoinHandle<Result<(), WorkerError>>;
+
+/// Why the read loop ended.
+enum Stop {
+    Shutdown,
+    /// The settle loop ended on its own: an error it cannot retry, or a panic.
+    SettleEnded(Result<Result<(), WorkerError>, JoinError>),
+    /// An error retrying cannot fix.
+    Fatal(WorkerError),
 }
 
-/// Cap on remembered errors; beyond it the oldest knowledge is dropped and
-/// the dead-letter entry says the error is unknown.
-const MAX_REMEMBERED_ERRORS: usize = 10_000;
+/// How one read or reclaim step ended.
+enum Step {
+    Done,
+    /// Shutdown came during a read; what the read returned was started.
+    Stopping,
+    Failed(StreamError, Role),
+}
 
-impl Shared {
-    pub(super) fn remember_error(&self, id: &str, error: &str) {
-        let mut errors = self.last_errors.lock().unwrap_or_else(|p| p.into_inner());
-        if errors.len() >= MAX_REMEMBERED_ERRORS
-            && !errors.contains_key(id)
-            && let Some(k) = errors.keys().next().cloned()
+/// Which connection a failed step used: the one to replace.
+#[derive(Clone, Copy)]
+enum Role {
+    Control,
+    Reader,
+}
+
+/// One run of a worker: its connections and what the read loop keeps from
+/// step to step.
+struct Session {
+    cfg: Arc<WorkerConfig>,
+    /// Group check and reclaim.
+    control: Link,
+    /// XREADGROUP, which blocks.
+    reader: Link,
+    /// One permit per handler slot; a handler holds its permit exactly while
+    /// it runs.
+    semaphore: Arc<Semaphore>,
+    dispatch: Dispatch,
+    reclaim: Reclaim,
+    backoff: Backoff,
+}
+
+impl Session {
+    /// Checks the configuration and the group, connects, and starts the
+    /// settle loop on a connection of its own.
+    async fn open(
+        config: WorkerConfig,
+        handler: Arc<HandlerFn>,
+        counters: Arc<Counters>,
+    ) -> Result<(Self, Settler), WorkerError> {
+        let cfg = Arc::new(config);
+        cfg.validate()?;
+        let mut control = Link::connect(&cfg, "ctl", Duration::from_secs(10)).await?;
+        stream::check_group(&mut control.conn, &cfg.stream, &cfg.group, &cfg.consumer).await?;
+        let reader = Link::connect(&cfg, "read", cfg.block + Duration::from_secs(5)).await?;
+        let settle_link = Link::connect(&cfg, "ack", Duration::from_secs(10)).await?;
+        tracing::info!(
+            stream = %cfg.stream, group = %cfg.group, consumer = %cfg.consumer,
+            concurrency = cfg.concurrency, "worker started"
+        );
+        let shared = Arc::new(Shared::new(counters));
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let settler = tokio::spawn(settle_loop(cfg.clone(), settle_link, shared.clone(), done_rx));
+        let session = Self {
+            dispatch: Dispatch::new(handler, cfg.handler_timeout, done_tx, shared),
+            semaphore: Arc::new(Semaphore::new(cfg.concurrency)),
+            reclaim: Reclaim::new(&cfg),
+            backoff: Backoff::default(),
+            control,
+            reader,
+            cfg,
+        };
+        Ok((session, settler))
+    }
+
+    /// Waits for a free handler slot.
+    async fn free_slot(&self) -> OwnedSemaphorePermit {
+        let permit = self.semaphore.clone().acquire_owned().await;
+        permit.expect("the semaphore is never closed")
+    }
+
+    /// `first` and every other free slot. With fast handlers, permits come
+    /// back one by one; reading right away would issue many tiny
+    /// XREADGROUPs. Waiting up to a millisecond for a quarter of them
+    /// batches the reads.
+    async fn more_free_slots(&self, first: OwnedSemaphorePermit) -> Permits {
+        let mut permits = vec![first];
+        while let Ok(p) = self.semaphore.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let want = (self.cfg.concurrency / 4).max(1);
+        if permits.len() < want
+            && let Ok(Ok(mut more)) = tokio::time::timeout(
+                Duration::from_millis(1),
+                self.semaphore.clone().acquire_many_owned((want - permits.len()) as u32),
+            )
+            .await
         {
-            errors.remove(&k);
+            while more.num_permits() > 1 {
+                permits.extend(more.split(1));
+            }
+            permits.push(more);
         }
-        errors.insert(id.to_owned(), error.to_owned());
+        permits
     }
 
-    pub(super) fn take_error(&self, id: &str) -> Option<String> {
-        self.last_errors.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
+    /// A reclaim step when one is due, else a read; either starts handlers
+    /// on `permits`. The permits left unused go back when it returns.
+    async fn read_or_reclaim<S: Future<Output = ()>>(&mut self, mut permits: Permits, shutdown: Pin<&mut S>) -> Step {
+        if !self.reclaim.is_due() {
+            return self.read(&mut permits, shutdown).await;
+        }
+        let reclaimed = self
+            .reclaim
+            .step(&self.cfg, &mut self.control.conn, &mut self.dispatch, &mut permits)
+            .await;
+        match reclaimed {
+            Ok(()) => Step::Done,
+            Err(e) => Step::Failed(e, Role::Control),
+        }
     }
 
-    /// Drops what is remembered about `ids` (acked: no longer needed), under
-    /// one lock for the whole batch.
-    pub(super) fn forget_errors(&self, ids: &[&str]) {
-        let mut errors = self.last_errors.lock().unwrap_or_else(|p| p.into_inner());
-        if errors.is_empty() {
-            return;
-        }
-        for id in ids {
-            errors.remove(*id);
-        }
+    /// Reads up to one entry per permit, blocking at most until the next
+    /// reclaim step is due, and starts their handlers.
+    async fn read<S: Future<Output = ()>>(&mut self, permits: &mut Permits, shutdown: Pin<&mut S>) -> Step {
+        let wait = self.reclaim.due_in().clamp(Duration::from_millis(1), self.cfg.block);
+        let mut stopping = false;
+        let read = {
+            let cfg = &*self.cfg;
+            let read = stream::read_group(
+                &mut self.reader.conn,
+                &cfg.stream,
+                &cfg.group,
+                &cfg.consumer,
+                permits.len(),
+                wait,
+            );
+            tokio::pin!(read);
+            tokio::select! {
+                biased;
+                r = &mut read => r,
+                () = shutdown => {
+                    // The XREADGROUP may already be at Redis: what it delivers is this
+                    // consumer's from then on. Finish the read (at most `wait`) and handle
+                    // its entries within the grace period, rather than drop the reply and
+                    // leave them pending for a redelivery after the visibility timeout.
+                    stopping = true;
+                    read.await
+                }
+            }
+        };
+        let step = match read {
+            Ok(entries) => {
+                self.start_read(entries, permits);
+                Step::Done
+            }
+            Err(e) => Step::Failed(e, Role::Reader),
+        };
+        if stopping { Step::Stopping } else { step }
     }
 
-    pub(super) fn settled(&self, ids: impl IntoIterator<Item = impl AsRef<str>>) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        for id in ids {
-            in_flight.remove(id.as_ref());
+    fn start_read(&mut self, entries: Vec<StreamEntry>, permits: &mut Permits) {
+        let mut jobs = Vec::with_capacity(entries.len());
+        for entry in entries {
+            // A permit per entry: XREADGROUP returned at most permits.len().
+            let Some(permit) = permits.pop() else {
+                tracing::error!(id = %entry.id, "more entries than requested; left pending");
+                break;
+            };
+            jobs.push(Job::new(entry, 1, permit));
         }
-        self.counters.in_flight.store(in_flight.len() as u64, Ordering::Relaxed);
+        self.dispatch.start(jobs);
     }
+
+    /// Waits before the next step, then replaces the connection that failed.
+    /// Breaks if shutdown comes first.
+    async fn back_off<S: Future<Output = ()>>(
+        &mut self,
+        e: &StreamError,
+        role: Role,
+        shutdown: Pin<&mut S>,
+    ) -> ControlFlow<()> {
+        let delay = self.backoff.next();
+        tracing::warn!(error = %e, retry_in = ?delay, "Redis unavailable; retrying");
+        tokio::select! {
+            () = shutdown => return ControlFlow::Break(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+        match role {
+            Role::Control => self.control.reconnect().await,
+            Role::Reader => self.reader.reconnect().await,
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Reads no more; gives in-flight handlers the grace period. Returns how
+    /// many were still running at its end: their messages stay pending.
+    /// Dropping the session lets the settle loop end.
+    async fn drain(mut self) -> u64 {
+        let running = self.running();
+        if running > 0 {
+            tracing::info!(running, grace = ?self.cfg.grace, "stopping: waiting for in-flight messages");
+        }
+        if self.dispatch.finish_within(self.cfg.grace).await {
+            return 0;
+        }
+        let left = self.running();
+        tracing::warn!(
+            left,
+            "grace period over: unfinished messages stay pending for redelivery"
+        );
+        self.dispatch.abandon().await;
+        left
+    }
+
+    /// Handlers running now.
+    fn running(&self) -> u64 {
+        self.cfg.concurrency.saturating_sub(self.semaphore.available_permits()) as u64
+    }
+}
+
+/// The error that ended the run, if any: the read loop's first, else the
+/// settle loop's, which is awaited here unless it already ended.
+async fn first_error(stop: Stop, settler: Settler) -> Result<(), WorkerError> {
+    let (fatal, settled) = match stop {
+        Stop::Shutdown => (None, settler.await),
+        Stop::Fatal(e) => (Some(e), settler.await),
+        Stop::SettleEnded(r) => (None, r),
+    };
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+    settled.unwrap_or_else(|join| Err(WorkerError::Config(format!("acker task failed: {join}"))))
 }
