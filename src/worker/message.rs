@@ -53,3 +53,41 @@ impl fmt::Display for HandlerError {
 }
 
 impl std::error::Error for HandlerError {}
+
+/// Bytes of a handler's output (exec: stderr; HTTP: the error response's
+/// body) kept for `streamq.error`.
+pub(super) const OUTPUT_TAIL: usize = 2048;
+
+impl HandlerError {
+    /// `how` the handler failed, followed by the end of its `output`
+    /// (called `what`) if there is any.
+    pub(super) fn with_output(how: String, what: &str, output: &[u8]) -> Self {
+        let start = output.len().saturating_sub(OUTPUT_TAIL);
+        let tail = String::from_utf8_lossy(&output[start..]);
+        let tail = tail.trim();
+        Self(if tail.is_empty() {
+            how
+        } else {
+            format!("{how}; {what}: {tail}")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_with_output_keeps_the_end() {
+        assert_eq!(
+            HandlerError::with_output("exit code 1".into(), "stderr", b" \n").0,
+            "exit code 1"
+        );
+        let mut output = vec![b'a'; OUTPUT_TAIL];
+        output.extend_from_slice(b"last words\n");
+        let e = HandlerError::with_output("exit code 2".into(), "stderr", &output);
+        assert!(e.0.starts_with("exit code 2; stderr: a"), "{e}");
+        assert!(e.0.ends_with("last words"), "{e}");
+        assert_eq!(e.0.len(), "exit code 2; stderr: ".len() + OUTPUT_TAIL - 1);
+    }
+}
