@@ -13,10 +13,7 @@ use tokio::{
     process::Command,
 };
 
-use super::runtime::{HandlerError, Message};
-
-/// Bytes of the handler's stderr kept for `streamq.error`.
-const STDERR_TAIL: usize = 2048;
+use super::message::{HandlerError, Message, OUTPUT_TAIL};
 
 /// Linux's MAX_ARG_STRLEN (32 pages of 4 KiB): the longest single
 /// `NAME=value\0` string `execve` accepts.
@@ -111,8 +108,8 @@ impl ExecHandler {
                         // Pass it through so it shows in the worker's logs, and keep the end.
                         let _ = std::io::Write::write_all(&mut std::io::stderr(), &buf[..n]);
                         tail.extend_from_slice(&buf[..n]);
-                        if tail.len() > 2 * STDERR_TAIL {
-                            tail.drain(..tail.len() - STDERR_TAIL);
+                        if tail.len() > 2 * OUTPUT_TAIL {
+                            tail.drain(..tail.len() - OUTPUT_TAIL);
                         }
                     }
                 }
@@ -131,14 +128,7 @@ impl ExecHandler {
                 format!("killed by signal {}", status.signal().unwrap_or(0))
             }
         };
-        let start = tail.len().saturating_sub(STDERR_TAIL);
-        let tail = String::from_utf8_lossy(&tail[start..]);
-        let tail = tail.trim();
-        Err(HandlerError(if tail.is_empty() {
-            how
-        } else {
-            format!("{how}; stderr: {tail}")
-        }))
+        Err(HandlerError::with_output(how, "stderr", &tail))
     }
 }
 

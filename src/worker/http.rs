@@ -8,10 +8,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use super::runtime::{HandlerError, Message};
-
-/// Bytes of an error response body kept for `streamq.error`.
-const BODY_TAIL: usize = 2048;
+use super::message::{HandlerError, Message};
 
 /// POSTs messages to one URL. Headers: `X-Streamq-Message-Id`,
 /// `X-Streamq-Delivery-Count`, and `X-Streamq-Header-<field>` per message
@@ -71,14 +68,11 @@ impl HttpHandler {
         if status.is_success() {
             return Ok(());
         }
-        let start = body.len().saturating_sub(BODY_TAIL);
-        let text = String::from_utf8_lossy(&body[start..]);
-        let text = text.trim();
-        Err(HandlerError(if text.is_empty() {
-            format!("HTTP status {status}")
-        } else {
-            format!("HTTP status {status}; body: {text}")
-        }))
+        Err(HandlerError::with_output(
+            format!("HTTP status {status}"),
+            "body",
+            &body,
+        ))
     }
 }
 

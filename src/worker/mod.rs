@@ -1,43 +1,36 @@
 //! The consumer runtime behind `streamq worker`: [`Worker`] reads a queue's
-//! stream through its consumer group and runs a handler per message; the
-//! handlers here run a command per message ([`ExecHandler`]) or POST it to a
-//! local URL ([`HttpHandler`]).
+//! stream through its consumer group and runs a handler per message, a
+//! command ([`ExecHandler`]) or a POST to a local URL ([`HttpHandler`]).
 //!
-//! Delivery semantics: at least once. A message is acked only after its
-//! handler succeeded; on failure it stays pending and is taken over
-//! (`XAUTOCLAIM`) once idle for the visibility timeout, by this or any other
-//! worker of the group. A message whose handler failed on its
-//! `max_deliveries`-th delivery is moved to the dead-letter stream right
-//! away; one found at reclaim time with `max_deliveries` deliveries behind
-//! it (its last handler crashed) is moved then. Without a dead-letter
-//! stream, failing messages are redelivered forever.
+//! Delivery is at least once: a message is acked only after its handler
+//! succeeded (a panic or timeout is a failure). A failed message stays
+//! pending and is taken over (`XAUTOCLAIM`) once idle for the visibility
+//! timeout, by any worker of the group. With a dead-letter stream, a message
+//! that failed its `max_deliveries`-th delivery, or is found at reclaim with
+//! that many behind it, moves there; without one it is redelivered forever.
 //!
-//! Entries not written by `streamq publish` (any `XADD`) are handled like
-//! any other message, never crash the worker, and are acked on success:
-//! - no `data` field: the payload is empty (library: [`Message::data`] is
-//!   empty and [`Message::field`]`("data")` is `None`; exec: empty stdin;
-//!   HTTP: empty body), and every field is a header;
-//! - binary payloads and header values are passed through byte-exact (exec:
-//!   on stdin; HTTP: as the body). Field names are text: bytes in a name that
-//!   are not UTF-8 become U+FFFD. If `data` occurs twice, the first is the
-//!   payload and the others are dropped;
-//! - large payloads (tested with 10 MB) are passed through whole. Exec mode
-//!   writes stdin while it drains the child's stderr and waits for it, so a
-//!   child that writes before it reads, or never reads, cannot deadlock it;
-//! - exec mode leaves out, with a warning, a header whose value holds NUL or
-//!   is too long for one environment variable (128 KiB); if all headers
-//!   together exceed the kernel's limit, the handler cannot start and the
-//!   message fails (and is dead-lettered after `max_deliveries`). HTTP mode
-//!   leaves out header values that are not valid in HTTP.
-//!
-//! A handler that panics (library) fails its message like an `Err`.
+//! Entries not written by `streamq publish` are handled like any other and
+//! never crash the worker: without a `data` field the payload is empty and
+//! every field is a header; payloads and header values pass byte-exact
+//! (field names are text: bytes that are not UTF-8 become U+FFFD); a header
+//! the handler cannot be given (exec: NUL or over 128 KiB; HTTP: not a valid
+//! header value) is left out with a warning.
 
+mod config;
+mod connection;
+mod dispatch;
 mod exec;
 mod http;
+mod message;
 mod metrics;
+mod reclaim;
 mod runtime;
+mod settle;
+mod shared;
 
+pub use config::WorkerConfig;
 pub use exec::{ExecHandler, header_env_name};
 pub use http::HttpHandler;
+pub use message::{HandlerError, Message};
 pub use metrics::encode_metrics;
-pub use runtime::{Counters, HandlerError, Message, RunSummary, Worker, WorkerConfig, WorkerError};
+pub use runtime::{Counters, RunSummary, Worker, WorkerError};
