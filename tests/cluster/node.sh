@@ -348,7 +348,8 @@ CORE
 
 # Cluster objects the node needs: RBAC for CoreDNS, the `kubernetes` Service's
 # EndpointSlice (the apiserver runs with --endpoint-reconciler-type none; the
-# host's veth address, DNATed to the apiserver), and the StorageClass.
+# host's veth address, DNATed to the apiserver), the admission policy that
+# sends a labelled namespace's pods to the node, and the StorageClass.
 node_objects() {
   kubectl apply -f - >/dev/null <<YAML
 apiVersion: rbac.authorization.k8s.io/v1
@@ -381,6 +382,37 @@ endpoints:
   conditions: {ready: true}
 ports:
 - {name: https, port: $APISERVER_PORT, protocol: TCP}
+---
+# Pods created in a namespace labelled streamq.dev/real-node=true get the
+# node's toleration and selector, so whatever the operator creates there (the
+# managed Redis StatefulSet, worker Deployments) runs on the real node, and
+# pods elsewhere stay on kwok.
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingAdmissionPolicy
+metadata: {name: "streamq-real-node"}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}
+  failurePolicy: Fail
+  reinvocationPolicy: Never
+  mutations:
+  - patchType: JSONPatch
+    jsonPatch:
+      expression: >
+        (has(object.spec.tolerations) ? [] : [JSONPatch{op: "add", path: "/spec/tolerations", value: []}]) +
+        [JSONPatch{op: "add", path: "/spec/tolerations/-", value: Object.spec.tolerations{key: "streamq.dev/real-node", operator: "Exists", effect: "NoSchedule"}}] +
+        (has(object.spec.nodeSelector) ? [] : [JSONPatch{op: "add", path: "/spec/nodeSelector", value: {}}]) +
+        [JSONPatch{op: "add", path: "/spec/nodeSelector/" + jsonpatch.escapeKey("streamq.dev/real-node"), value: "true"}]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingAdmissionPolicyBinding
+metadata: {name: "streamq-real-node"}
+spec:
+  policyName: "streamq-real-node"
+  matchResources:
+    namespaceSelector:
+      matchLabels: {streamq.dev/real-node: "true"}
 ---
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
