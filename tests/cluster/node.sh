@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2154
 # The real node beside the kwok ones, sourced by tests/cluster/up and down.
 #
 # Everything of the node lives in its own network namespace, so its iptables
@@ -19,6 +19,7 @@
 # Needs from the caller: $state $cache $here, the ports, and for node_up the
 # functions log die start running wait_for cert.
 
+# shellcheck disable=SC2034 # used by up
 REAL_NODE=${STREAMQ_REAL_NODE:-1}
 node_dir=$state/node
 node_id=$(printf %s "$state" | sha256sum | cut -c1-8)
@@ -33,7 +34,6 @@ POD_CIDR=${STREAMQ_POD_CIDR:-10.250.$NODE_INDEX.0/24}
 NODE_BRIDGE=${STREAMQ_NODE_BRIDGE:-sqbr0}
 NODE_CGROUP=${STREAMQ_NODE_CGROUP:-/streamq-$node_id}
 NODE_CHAIN=STREAMQ-$node_id
-SERVICE_CIDR=10.96.0.0/16
 KUBELET_PORT=${STREAMQ_KUBELET_PORT:-10250}
 KUBELET_HEALTHZ_PORT=${STREAMQ_KUBELET_HEALTHZ_PORT:-10248}
 KUBE_PROXY_METRICS_PORT=${STREAMQ_KUBE_PROXY_METRICS_PORT:-10249}
@@ -42,14 +42,12 @@ COREDNS_PORT=${STREAMQ_COREDNS_PORT:-53}
 COREDNS_HEALTH_PORT=${STREAMQ_COREDNS_HEALTH_PORT:-8080}
 COREDNS_READY_PORT=${STREAMQ_COREDNS_READY_PORT:-8181}
 CONTAINERD_SOCKET=${STREAMQ_CONTAINERD_SOCKET:-$node_dir/containerd/containerd.sock}
-# The daemons of the node, in start order; down stops them in reverse.
-NODE_DAEMONS=(containerd kubelet kube-proxy coredns localpv)
 
 in_node() { nsenter --net="/run/netns/$NODE_NETNS" -- "$@"; }
 
 # ------------------------------------------------------------------ up
 node_up() {
-  local bin_node=$cache/containerd-$CONTAINERD_VERSION bin_cni=$cache/cni-plugins-$CNI_PLUGINS_VERSION
+  local bin_node=$cache/containerd-$CONTAINERD_VERSION
   local bin_coredns=$cache/coredns-$COREDNS_VERSION bin_k8s=$cache/k8s-$KUBERNETES_VERSION
   local t0=$SECONDS
   local pkgs=()
@@ -63,6 +61,10 @@ node_up() {
     log "installing ${pkgs[*]} from Debian packages"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  fi
+  if ! grep -qa -- --kubelet-client-certificate "/proc/$(cat "$state/pids/kube-apiserver.pid")/cmdline" 2>/dev/null; then
+    log "warning: the running kube-apiserver predates the real node (no --kubelet-client-certificate):" \
+      "kubectl logs/exec on $NODE_NAME fail until tests/cluster/down and up restart it"
   fi
   mkdir -p "$node_dir"/{containerd,kubelet,cni/net.d,cni/ipam,volumes,runc,logs/pods}
   node_network
@@ -464,9 +466,8 @@ node_down() {
     kill -KILL "$pid" 2>/dev/null || true
   done
   if [[ -d /sys/fs/cgroup/pids$NODE_CGROUP ]]; then
-    for pid in $(find "/sys/fs/cgroup/pids$NODE_CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null); do
-      kill -KILL "$pid" 2>/dev/null || true
-    done
+    find "/sys/fs/cgroup/pids$NODE_CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null |
+      while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done
   fi
   # Mounts under the state dir (rootfs overlays, volumes, netns files), deepest first.
   local m
@@ -492,8 +493,10 @@ node_down() {
   iptables -F "$NODE_CHAIN" 2>/dev/null && iptables -X "$NODE_CHAIN" 2>/dev/null || true
   # The kubelet's links in /var/log/containers into our pod logs.
   find /var/log/containers -maxdepth 1 -type l -lname "$node_dir/*" -delete 2>/dev/null || true
-  # libcni's result cache (its directory is not configurable), only our network's.
+  # libcni's result cache (its directory is not configurable), only our network's;
+  # the shims' socket directory once no instance has a shim left.
   rm -f /var/lib/cni/results/"streamq-$node_id"-* 2>/dev/null || true
+  rmdir /run/containerd/s /run/containerd 2>/dev/null || true
   # The containers are gone, so are their addresses. (containerd-shim sockets
   # live in /run/containerd/s; each shim removes its own on exit.)
   rm -rf "$node_dir/containerd/state" "$node_dir/runc" "$node_dir/cni/ipam"
