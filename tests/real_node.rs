@@ -152,18 +152,10 @@ async fn chart_operator_and_managed_queue_on_the_real_node() {
         &env,
         &[&format!("image.tag={IMAGE_TAG}"), "replicaCount=2", "logFormat=text"],
     );
+    wait_operator_ready(&env, &release, 2).await;
     let operators = kubectl_ok(
         Some(ns),
-        &[
-            "wait",
-            "pod",
-            "-l",
-            "app.kubernetes.io/name=streamq",
-            "--for=condition=Ready",
-            "--timeout=180s",
-            "-o",
-            "name",
-        ],
+        &["get", "pod", "-l", "app.kubernetes.io/name=streamq", "-o", "name"],
     );
     let operator_pods: Vec<&str> = operators.lines().map(|l| l.trim_start_matches("pod/")).collect();
     assert_eq!(operator_pods.len(), 2, "{operators}");
@@ -231,18 +223,8 @@ async fn chart_operator_and_managed_queue_on_the_real_node() {
 async fn examples_as_written_and_a_graceful_scale_down() {
     let env = real_env("real-examples").await;
     let ns = env.namespace.as_str();
-    let _release = Release::install(&env, &[&format!("image.tag={IMAGE_TAG}"), "replicaCount=1"]);
-    kubectl_ok(
-        Some(ns),
-        &[
-            "wait",
-            "pod",
-            "-l",
-            "app.kubernetes.io/name=streamq",
-            "--for=condition=Ready",
-            "--timeout=180s",
-        ],
-    );
+    let release = Release::install(&env, &[&format!("image.tag={IMAGE_TAG}"), "replicaCount=1"]);
+    wait_operator_ready(&env, &release, 1).await;
     let pod_redis_url = std::env::var("STREAMQ_POD_REDIS_URL").expect("STREAMQ_POD_REDIS_URL from tests/cluster/up");
     kubectl_ok(
         Some(ns),
@@ -294,10 +276,7 @@ async fn examples_as_written_and_a_graceful_scale_down() {
     })
     .await;
     in_pod(&env, "publish-slow", "orders-producer", "seq 1 12 | streamq publish -").await;
-    wait_for_within(&consumers, "slow", "every worker busy", POD_TIMEOUT, |c| {
-        c.status.as_ref().and_then(|s| s.pending) == Some(3)
-    })
-    .await;
+    wait_group(&env, &stream, "slow", "every worker busy", |_, pending| pending == 3).await;
     consumers
         .patch(
             "slow",
@@ -333,6 +312,61 @@ async fn examples_as_written_and_a_graceful_scale_down() {
     );
 }
 
+/// Waits until the chart's Deployment has `replicas` pods Ready (through their probes).
+async fn wait_operator_ready(env: &TestEnv, release: &Release, replicas: i32) {
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    wait_for_within(
+        &deployments,
+        &release.fullname,
+        "operator pods Ready",
+        POD_TIMEOUT,
+        |d| d.status.as_ref().and_then(|s| s.ready_replicas) == Some(replicas),
+    )
+    .await;
+}
+
+/// Polls `group`'s (lag, pending) in the host's Redis until `done` holds;
+/// within 120 s, less than the 5-minute visibility timeout, so a message left
+/// pending by a killed pod cannot be reclaimed in time and fails the wait.
+async fn wait_group(env: &TestEnv, stream: &str, group: &str, what: &str, done: impl Fn(u64, u64) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (lag, pending) = group_lag_pending(env, stream, group).await;
+        if done(lag, pending) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{group}: {what} did not happen (lag {lag}, pending {pending})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn group_lag_pending(env: &TestEnv, stream: &str, group: &str) -> (u64, u64) {
+    let g = group_info(env, stream, group).await;
+    let int = |k: &str| match g.get(k) {
+        Some(::redis::Value::Int(n)) => *n as u64,
+        _ => u64::MAX,
+    };
+    (int("lag"), int("pending"))
+}
+
+async fn group_info(env: &TestEnv, stream: &str, group: &str) -> std::collections::HashMap<String, ::redis::Value> {
+    let client = ::redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let groups: Vec<std::collections::HashMap<String, ::redis::Value>> = ::redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    groups
+        .into_iter()
+        .find(|g| matches!(g.get("name"), Some(::redis::Value::BulkString(n)) if n == group.as_bytes()))
+        .unwrap_or_else(|| panic!("no group {group} on {stream}"))
+}
+
 async fn redis_admin(env: &TestEnv, args: &[&str]) -> u64 {
     let client = ::redis::Client::open(env.redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -345,19 +379,7 @@ async fn redis_admin(env: &TestEnv, args: &[&str]) -> u64 {
 
 /// `entries-read` of `group`: how many entries it was handed.
 async fn redis_group_entries_read(env: &TestEnv, stream: &str, group: &str) -> u64 {
-    let client = ::redis::Client::open(env.redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let groups: Vec<std::collections::HashMap<String, ::redis::Value>> = ::redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let g = groups
-        .iter()
-        .find(|g| matches!(g.get("name"), Some(::redis::Value::BulkString(n)) if n == group.as_bytes()))
-        .unwrap_or_else(|| panic!("no group {group} on {stream}"));
-    match g.get("entries-read") {
+    match group_info(env, stream, group).await.get("entries-read") {
         Some(::redis::Value::Int(n)) => *n as u64,
         other => panic!("entries-read of {group}: {other:?}"),
     }
