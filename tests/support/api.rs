@@ -1,15 +1,19 @@
 //! The Kubernetes API in tests: waiting on objects, updating them against a
-//! concurrent writer, and listing them.
+//! concurrent writer, and reading what the operator reported.
 
 use std::time::Duration;
 
-use k8s_openapi::NamespaceResourceScope;
-use kube::{Api, Resource, api::PostParams, runtime::wait::await_condition};
+use k8s_openapi::{NamespaceResourceScope, api::events::v1::Event};
+use kube::{
+    Api, Resource,
+    api::{ListParams, PostParams},
+    runtime::wait::await_condition,
+};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     env::{TIMEOUT, TestEnv},
-    wait::wait_until,
+    wait::{poll, wait_until},
 };
 
 /// Waits until `cond` holds for the named object, or fails the test after [`TIMEOUT`].
@@ -86,4 +90,30 @@ where
         .iter()
         .map(|o| serde_json::to_value(o).unwrap())
         .collect()
+}
+
+/// The notes of the namespace's Events with `reason`.
+pub async fn events(env: &TestEnv, reason: &str) -> Vec<String> {
+    env.api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.note.unwrap_or_default())
+        .collect()
+}
+
+/// Waits for at least one Event with `reason`; returns the notes of all of them.
+pub async fn wait_event(env: &TestEnv, reason: &str) -> Vec<String> {
+    poll(TIMEOUT, &format!("a {reason} Event"), || async {
+        let found = events(env, reason).await;
+        if found.is_empty() {
+            Err(String::new())
+        } else {
+            Ok(found)
+        }
+    })
+    .await
 }

@@ -23,6 +23,7 @@ pub mod audit;
 pub mod chart;
 pub mod closed_loop;
 pub mod deliveries;
+pub mod fake_redis;
 pub mod kubelet;
 pub mod load;
 pub mod redis_queue;
