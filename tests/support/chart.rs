@@ -52,6 +52,7 @@ pub struct Release {
     /// `<release>-streamq`: the ClusterRole, and the ServiceAccount.
     pub fullname: String,
     extra_bindings: Vec<String>,
+    installed: bool,
 }
 
 impl Release {
@@ -76,6 +77,7 @@ impl Release {
             name,
             namespace: env.namespace.clone(),
             extra_bindings: vec![],
+            installed: true,
         };
         helm_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         release
@@ -84,6 +86,30 @@ impl Release {
     /// The chart's ServiceAccount.
     pub fn service_account(&self) -> &str {
         &self.fullname
+    }
+
+    /// `kubectl get <kind>` of the release's objects (by its instance label), as `jsonpath`.
+    pub fn get(&self, kind: &str, jsonpath: &str) -> String {
+        let selector = format!("app.kubernetes.io/instance={}", self.name);
+        let jsonpath = format!("jsonpath={jsonpath}");
+        kubectl_ok(Some(&self.namespace), &["get", kind, "-l", &selector, "-o", &jsonpath])
+    }
+
+    /// Waits until the operator Deployment has rolled out; returns its pods' phases.
+    pub fn rolled_out(&self) -> Vec<String> {
+        let selector = format!("app.kubernetes.io/instance={}", self.name);
+        kubectl_ok(
+            Some(&self.namespace),
+            &["rollout", "status", "deployment", "-l", &selector, "--timeout=120s"],
+        );
+        let phases = self.get("pods", "{.items[*].status.phase}");
+        phases.split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// `helm uninstall --wait`; fails the test unless it succeeds.
+    pub fn uninstall(mut self) {
+        helm_ok(&["uninstall", &self.name, "-n", &self.namespace, "--wait"]);
+        self.installed = false;
     }
 
     /// Creates one more ServiceAccount with exactly the chart's roles (its
@@ -155,7 +181,9 @@ impl Drop for Release {
         for b in &self.extra_bindings {
             let _ = kubectl(None, &["delete", "clusterrolebinding", b, "--ignore-not-found"]);
         }
-        let _ = helm(&["uninstall", &self.name, "-n", &self.namespace]);
+        if self.installed {
+            let _ = helm(&["uninstall", &self.name, "-n", &self.namespace]);
+        }
     }
 }
 

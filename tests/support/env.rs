@@ -156,6 +156,13 @@ impl TestEnv {
         kubectl_ok(Some(&self.namespace), args)
     }
 
+    /// Sets labels (`key=value`) on this test's namespace.
+    pub fn label_namespace(&self, labels: &[&str]) {
+        let mut args = vec!["label", "namespace", &self.namespace];
+        args.extend_from_slice(labels);
+        self.kubectl_ok(&args);
+    }
+
     /// Applies a YAML manifest into this test's namespace with kubectl.
     pub fn apply_yaml(&self, yaml: &str) -> Output {
         kubectl_stdin(Some(&self.namespace), &["apply", "-f", "-"], yaml)
