@@ -1,8 +1,13 @@
 //! `streamq worker` and `streamq::worker::Worker` against the real
 //! redis-server. Worker processes connect as a consumer ACL user restricted
-//! the way the operator restricts it (see `TestQueue::new`).
+//! the way the operator restricts it (see `TestQueue::new`). Entries that
+//! `streamq publish` would never write are the `malformed` module's.
 
 mod support;
+
+// A module of this binary rather than a binary of its own: linking is the slow part.
+#[path = "worker/malformed.rs"]
+mod malformed;
 
 use std::{
     sync::{Arc, Mutex},

@@ -13,16 +13,14 @@
 //! Each of these is handled and acked like any other message, and the
 //! worker goes on with the next normal message.
 
-mod support;
-
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use crate::support::{redis_queue::*, *};
 use streamq::worker::{Message, Worker, WorkerConfig};
-use support::{redis_queue::*, *};
 
 const T: Duration = Duration::from_secs(60);
 const TEN_MB: usize = 10 * 1024 * 1024;
