@@ -7,82 +7,36 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::PostParams;
 use serde_json::json;
-use streamq::api::{ConditionStatus, Consumer};
-use support::{Operator, TestEnv, wait_for, wait_for_within};
+use streamq::api::Consumer;
+use support::*;
 
 async fn setup(prefix: &str, autoscaling: serde_json::Value) -> (TestEnv, Operator, String) {
     let env = TestEnv::new(prefix).await;
     let op = Operator::start(&env.namespace, &[]);
     env.ready_queue("jobs").await;
-    let consumer: Consumer = serde_json::from_value(json!({
-        "apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer", "metadata": {"name": "workers"},
-        "spec": {"queueRef": {"name": "jobs"}, "autoscaling": autoscaling,
-                 "template": {"spec": {"containers": [{"name": "w", "image": "example.com/w:1"}]}}},
-    }))
-    .unwrap();
-    env.api::<Consumer>()
-        .create(&PostParams::default(), &consumer)
-        .await
-        .unwrap();
+    env.create(&consumer("workers", "jobs", json!({"autoscaling": autoscaling})))
+        .await;
     let stream = format!("streamq:{{{}.jobs}}", env.namespace);
-    wait_for(&env.api::<Consumer>(), "workers", "Ready", |c: &Consumer| {
-        c.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True)
-        })
-    })
-    .await;
+    wait_ready(&env.api::<Consumer>(), "workers").await;
     (env, op, stream)
 }
 
 async fn xadd(env: &TestEnv, stream: &str, n: usize) {
-    let mut redis = env.redis().await;
-    let mut pipe = redis::pipe();
-    for i in 0..n {
-        pipe.cmd("XADD").arg(stream).arg("*").arg("data").arg(i).ignore();
-    }
-    let _: () = pipe.query_async(&mut redis).await.unwrap();
+    xadd_n(&mut env.redis().await, stream, n).await;
 }
 
 /// Plays the workers: delivers and acknowledges everything in the stream.
 async fn drain(env: &TestEnv, stream: &str) {
-    let mut redis = env.redis().await;
-    loop {
-        let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("workers")
-            .arg("test-worker")
-            .arg("COUNT")
-            .arg(1000)
-            .arg("STREAMS")
-            .arg(stream)
-            .arg(">")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let ids: Vec<String> = read
-            .keys
-            .iter()
-            .flat_map(|k| k.ids.iter().map(|e| e.id.clone()))
-            .collect();
-        if ids.is_empty() {
-            return;
-        }
-        let _: i64 = redis::cmd("XACK")
-            .arg(stream)
-            .arg("workers")
-            .arg(&ids)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-    }
+    read_and_ack_all(&mut env.redis().await, stream, "workers", "test-worker").await;
 }
 
-fn replicas(d: &Deployment) -> i32 {
-    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
+/// The names of the Consumer's pods (`filter`: more `kubectl get` arguments).
+fn pod_names(env: &TestEnv, filter: &[&str]) -> String {
+    let mut args = vec!["get", "pods", "-l", "streamq.dev/consumer=workers"];
+    args.extend_from_slice(filter);
+    args.extend(["-o", "jsonpath={.items[*].metadata.name}"]);
+    env.kubectl_ok(&args)
 }
 
 #[tokio::test]
@@ -189,20 +143,9 @@ async fn null_lag_after_xdel_is_counted_not_read_as_zero() {
     )
     .await;
     let mut redis = env.redis().await;
-    let ids: Vec<String> = {
-        let mut pipe = redis::pipe();
-        for i in 0..10 {
-            pipe.cmd("XADD").arg(&stream).arg("*").arg("data").arg(i);
-        }
-        pipe.query_async(&mut redis).await.unwrap()
-    };
+    let ids = xadd_n(&mut redis, &stream, 10).await;
     // Deleting an entry in the middle makes Redis report the group's lag as NULL.
-    let _: i64 = redis::cmd("XDEL")
-        .arg(&stream)
-        .arg(&ids[3])
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let _: i64 = cmd(&mut redis, &["XDEL", &stream, &ids[3]]).await;
     let c = wait_for(&env.api::<Consumer>(), "workers", "lag 9, counted", |c: &Consumer| {
         c.status
             .as_ref()
@@ -229,31 +172,27 @@ async fn scale_down_keeps_the_workers_that_hold_pending_messages() {
         replicas(d) == 4 && d.status.as_ref().and_then(|s| s.ready_replicas) == Some(4)
     })
     .await;
-    let pods = env.kubectl_ok(&[
-        "get",
-        "pods",
-        "-l",
-        "streamq.dev/consumer=workers",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ]);
+    let pods = pod_names(&env, &[]);
     let pods: Vec<&str> = pods.split_whitespace().collect();
     assert_eq!(pods.len(), 4);
     // Two pods' workers each take one message and keep it; the rest is acknowledged.
     let mut redis = env.redis().await;
     for busy in &pods[..2] {
-        let _: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("workers")
-            .arg(*busy)
-            .arg("COUNT")
-            .arg(1)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(">")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let _: redis::Value = cmd(
+            &mut redis,
+            &[
+                "XREADGROUP",
+                "GROUP",
+                "workers",
+                busy,
+                "COUNT",
+                "1",
+                "STREAMS",
+                &stream,
+                ">",
+            ],
+        )
+        .await;
     }
     drain(&env, &stream).await;
 
@@ -264,15 +203,7 @@ async fn scale_down_keeps_the_workers_that_hold_pending_messages() {
     })
     .await;
     assert_eq!(replicas(&d), 2);
-    let left = env.kubectl_ok(&[
-        "get",
-        "pods",
-        "-l",
-        "streamq.dev/consumer=workers",
-        "--field-selector=status.phase=Running",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ]);
+    let left = pod_names(&env, &["--field-selector=status.phase=Running"]);
     let mut left: Vec<&str> = left.split_whitespace().collect();
     left.sort();
     let mut busy = pods[..2].to_vec();
@@ -282,65 +213,38 @@ async fn scale_down_keeps_the_workers_that_hold_pending_messages() {
     drain_pending(&env, &stream, &busy).await;
     wait_for(&deployments, "workers", "minReplicas", |d| replicas(d) == 1).await;
     // The busy worker whose pod went away is removed from the group once it holds nothing.
-    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
-    loop {
-        let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(&stream)
-            .arg("workers")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let names: Vec<String> = consumers
-            .iter()
-            .map(|c| redis::from_redis_value::<String>(c["name"].clone()).unwrap())
-            .collect();
-        let running = env.kubectl_ok(&[
-            "get",
-            "pods",
-            "-l",
-            "streamq.dev/consumer=workers",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ]);
-        let departed: Vec<&String> = names
-            .iter()
-            .filter(|n| n.starts_with("workers-") && !running.contains(n.as_str()))
-            .collect();
-        if departed.is_empty() {
-            break;
+    poll(TIMEOUT, "departed consumers to leave the group", || {
+        let mut redis = redis.clone();
+        let (env, stream) = (&env, &stream);
+        async move {
+            let consumers: Vec<std::collections::HashMap<String, redis::Value>> =
+                cmd(&mut redis, &["XINFO", "CONSUMERS", stream, "workers"]).await;
+            let running = pod_names(env, &[]);
+            let departed: Vec<String> = consumers
+                .iter()
+                .map(|c| redis::from_redis_value::<String>(c["name"].clone()).unwrap())
+                .filter(|n| n.starts_with("workers-") && !running.contains(n.as_str()))
+                .collect();
+            if departed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still in the group: {departed:?}"))
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "departed consumers still in the group: {departed:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 }
 
 /// The busy consumers acknowledge what they hold.
 async fn drain_pending(env: &TestEnv, stream: &str, consumers: &[&str]) {
     let mut redis = env.redis().await;
     for c in consumers {
-        let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg("workers")
-            .arg("-")
-            .arg("+")
-            .arg(10)
-            .arg(*c)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let ids: Vec<String> = pending.ids.into_iter().map(|p| p.id).collect();
-        if !ids.is_empty() {
-            let _: i64 = redis::cmd("XACK")
-                .arg(stream)
-                .arg("workers")
-                .arg(&ids)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
+        let pending: redis::streams::StreamPendingCountReply =
+            cmd(&mut redis, &["XPENDING", stream, "workers", "-", "+", "10", c]).await;
+        let mut ack = vec!["XACK", stream, "workers"];
+        ack.extend(pending.ids.iter().map(|p| p.id.as_str()));
+        if ack.len() > 3 {
+            let _: i64 = cmd(&mut redis, &ack).await;
         }
     }
 }
@@ -355,7 +259,7 @@ async fn an_operator_restarted_mid_burst_makes_no_wrong_decision() {
     let deployments = env.api::<Deployment>();
     xadd(&env, &stream, 300).await;
     wait_for(&deployments, "workers", "6 replicas", |d| replicas(d) == 6).await;
-    support::signal(op.pid(), "KILL");
+    signal(op.pid(), "KILL");
     drop(op);
     let _restarted = Operator::start(&env.namespace, &[]);
 

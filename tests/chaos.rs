@@ -1,5 +1,5 @@
-//! The fault-injection suite (issue 7): real operator, real `streamq worker`
-//! processes (played per Pod by `support::chaos::Kubelet`, since kwok runs no
+//! The fault-injection suite: real operator, real `streamq worker` processes
+//! (played per Pod by `support::kubelet::Kubelet`, since kwok runs no
 //! containers), the library Producer, real redis-server and kube-apiserver.
 //! Every scenario counts the messages published (acknowledged by Redis),
 //! acked, dead-lettered, lost and delivered twice, prints one `chaos-row:`
@@ -19,7 +19,7 @@ use std::{
 };
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use streamq::{
     api::{Condition, ConditionStatus, Consumer, Queue},
@@ -27,36 +27,17 @@ use streamq::{
     worker::{HandlerError, Message, Worker, WorkerConfig},
 };
 use support::{
-    TestEnv,
-    chaos::{
-        Deliveries, Kubelet, Load, PrivateRedis, Sink, Tally, alive, dead_letter_ids, group_backlog, kill_apiserver,
-        start_apiserver, stream_ids, wait_drained, wait_until,
-    },
-    external_queue, secret, signal, wait_for, wait_for_within,
+    apiserver::{kill_apiserver, start_apiserver},
+    deliveries::{Deliveries, Sink, Tally},
+    kubelet::{Exit, Kubelet},
+    load::{Load, Published},
+    redis_queue::RunningWorker,
+    redis_server::PrivateRedis,
+    *,
 };
 use tokio_util::sync::CancellationToken;
 
 const DRAIN: Duration = Duration::from_secs(180);
-
-fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}
-
-fn is(conditions: &[Condition], type_: &str, status: ConditionStatus) -> bool {
-    condition(conditions, type_).is_some_and(|c| c.status == status)
-}
-
-fn queue_conditions(q: &Queue) -> &[Condition] {
-    q.status.as_ref().map_or(&[], |s| &s.conditions)
-}
-
-fn consumer_conditions(c: &Consumer) -> &[Condition] {
-    c.status.as_ref().map_or(&[], |s| &s.conditions)
-}
-
-fn replicas(d: &Deployment) -> i32 {
-    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
-}
 
 /// The streams of a Ready Queue: (stream, dead-letter stream).
 struct Streams {
@@ -66,44 +47,66 @@ struct Streams {
 
 /// An external Queue `jobs` on `redis_url` (Secret `redis-admin`), Ready.
 async fn ready_queue(env: &TestEnv, redis_url: &str, extra: serde_json::Value) -> Streams {
-    env.api::<k8s_openapi::api::core::v1::Secret>()
-        .create(&PostParams::default(), &secret("redis-admin", "url", redis_url))
-        .await
-        .unwrap();
-    env.api::<Queue>()
-        .create(&PostParams::default(), &external_queue("jobs", extra))
-        .await
-        .unwrap();
-    let q = wait_for(&env.api::<Queue>(), "jobs", "Ready", |q: &Queue| {
-        is(queue_conditions(q), "Ready", ConditionStatus::True)
-    })
-    .await;
-    let s = q.status.unwrap();
+    env.create_admin_secret_for(redis_url).await;
+    env.create(&external_queue("jobs", extra)).await;
+    let s = wait_ready(&env.api::<Queue>(), "jobs").await.status.unwrap();
     Streams {
         stream: s.stream_key.expect("status.streamKey"),
         dead_letter: s.dead_letter_stream_key.expect("status.deadLetterStreamKey"),
     }
 }
 
-/// A Consumer `workers` of Queue `jobs`; `spec` adds to the minimal spec.
+/// A Consumer of Queue `jobs`; `spec` adds to the minimal spec.
 async fn create_consumer(env: &TestEnv, name: &str, spec: serde_json::Value) {
-    let mut full = json!({"queueRef": {"name": "jobs"},
-                          "template": {"spec": {"containers": [{"name": "w", "image": "example.com/w:1"}]}}});
-    for (k, v) in spec.as_object().unwrap() {
-        full[k] = v.clone();
-    }
-    let consumer: Consumer = serde_json::from_value(json!({
-        "apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer", "metadata": {"name": name}, "spec": full,
-    }))
-    .unwrap();
-    env.api::<Consumer>()
-        .create(&PostParams::default(), &consumer)
-        .await
-        .unwrap();
+    env.create(&consumer(name, "jobs", spec)).await;
+}
+
+/// Consumer spec fields: scaled from zero to `max` replicas, for messages of 1 s to start within 20 s.
+fn autoscaled_up_to(max: i32) -> serde_json::Value {
+    json!({"autoscaling": {"minReplicas": 0, "maxReplicas": max, "targetLatency": "20s",
+                           "processingTime": "1s", "scaleDownDelay": "5s"}})
 }
 
 async fn producer(url: &str, stream: &str) -> Producer {
     Producer::connect(url, stream).await.expect("the producer connects")
+}
+
+/// The workers of a Consumer's Pods: the kubelet runs one `streamq worker
+/// --http` per Pod, POSTing to a sink that takes `delay` per message.
+struct Workers {
+    sink: Sink,
+    kubelet: Kubelet,
+}
+
+/// How a scenario ended: its row of the fault table, and what it is made of.
+struct Outcome {
+    tally: Tally,
+    seen: Deliveries,
+    dead: HashSet<String>,
+    exits: Vec<Exit>,
+}
+
+impl Workers {
+    /// `args`: more `streamq worker` arguments.
+    async fn start(env: &TestEnv, consumer: &str, delay: Duration, args: &[&str]) -> Self {
+        let sink = Sink::start(delay).await;
+        let kubelet = Kubelet::start(env, consumer, &sink.url, args);
+        Self { sink, kubelet }
+    }
+
+    /// Stops the workers and counts what became of the `published` messages.
+    async fn finish(self, fault: &str, published: &Published, redis_url: &str, dead_letter: &str) -> Outcome {
+        let exits = self.kubelet.shutdown(Duration::from_secs(30)).await;
+        let seen = self.sink.snapshot();
+        let dead = dead_letter_ids(redis_url, dead_letter).await;
+        let tally = Tally::new(fault, &published.ids, &seen, &dead);
+        Outcome {
+            tally,
+            seen,
+            dead,
+            exits,
+        }
+    }
 }
 
 /// (when, Deployment replicas, group lag + pending if Redis answered).
@@ -193,18 +196,8 @@ async fn workers_sigkilled_at_random_under_load_lose_nothing() {
     .await;
     create_consumer(&env, "workers", json!({"replicas": 3, "concurrency": 4})).await;
     wait_for(&env.api::<Deployment>(), "workers", "3 replicas", |d| replicas(d) == 3).await;
-    let sink = Sink::start(Duration::from_millis(5)).await;
-    let kubelet = Kubelet::start(
-        env.client.clone(),
-        &env.namespace,
-        "workers",
-        &sink.url,
-        &["--grace", "10s"],
-    );
-    wait_until(Duration::from_secs(60), "3 workers", || async {
-        kubelet.running() == 3
-    })
-    .await;
+    let workers = Workers::start(&env, "workers", Duration::from_millis(5), &["--grace", "10s"]).await;
+    workers.kubelet.wait_running(3).await;
 
     let load = Load::start(
         producer(&env.redis_url, &s.stream).await,
@@ -216,22 +209,20 @@ async fn workers_sigkilled_at_random_under_load_lose_nothing() {
     while load.acknowledged() < TOTAL {
         // The fault's cadence (0.5–1.5 s apart), not a synchronisation.
         tokio::time::sleep(Duration::from_millis(500 + (kills * 397 % 1000) as u64)).await;
-        if let Some(pod) = kubelet.kill_random() {
+        if let Some(pod) = workers.kubelet.kill_random() {
             kills += 1;
             eprintln!("SIGKILLed the worker of {pod} at {} published", load.acknowledged());
         }
     }
     let published = load.finish(Duration::from_secs(60)).await;
     wait_drained(&env.redis_url, &s.stream, "workers", DRAIN).await;
-    let exits = kubelet.shutdown(Duration::from_secs(30)).await;
-    let seen = sink.snapshot();
-    let dead = dead_letter_ids(&env.redis_url, &s.dead_letter).await;
-    let tally = Tally::new(
-        &format!("{kills} workers SIGKILLed at random under load"),
-        &published.ids,
-        &seen,
-        &dead,
-    );
+    let fault = format!("{kills} workers SIGKILLed at random under load");
+    let Outcome {
+        tally,
+        seen,
+        dead,
+        exits,
+    } = workers.finish(&fault, &published, &env.redis_url, &s.dead_letter).await;
     tally.report_and_assert_none_lost();
     println!(
         "{kills} SIGKILLs, {} worker processes in all, {} redeliveries",
@@ -274,18 +265,8 @@ async fn scale_down_under_load_interrupts_nothing() {
     create_consumer(&env, "workers", json!({"replicas": 4, "concurrency": 2})).await;
     wait_for(&env.api::<Deployment>(), "workers", "4 replicas", |d| replicas(d) == 4).await;
     // 300 ms a message: every worker has messages in flight when it is told to go.
-    let sink = Sink::start(Duration::from_millis(300)).await;
-    let kubelet = Kubelet::start(
-        env.client.clone(),
-        &env.namespace,
-        "workers",
-        &sink.url,
-        &["--grace", "20s"],
-    );
-    wait_until(Duration::from_secs(60), "4 workers", || async {
-        kubelet.running() == 4
-    })
-    .await;
+    let workers = Workers::start(&env, "workers", Duration::from_millis(300), &["--grace", "20s"]).await;
+    workers.kubelet.wait_running(4).await;
 
     let load = Load::start(producer(&env.redis_url, &s.stream).await, Some(12), None, Some(TOTAL));
     wait_until(Duration::from_secs(60), "a third of the load published", || async {
@@ -294,15 +275,20 @@ async fn scale_down_under_load_interrupts_nothing() {
     .await;
     env.kubectl_ok(&["scale", "consumer/workers", "--replicas=1"]);
     wait_until(Duration::from_secs(60), "3 workers drained and gone", || async {
-        kubelet.exits().len() >= 3
+        workers.kubelet.exits().len() >= 3
     })
     .await;
-    let scaled_down = kubelet.exits();
+    let scaled_down = workers.kubelet.exits();
     let published = load.finish(Duration::from_secs(60)).await;
     wait_drained(&env.redis_url, &s.stream, "workers", DRAIN).await;
-    let _ = kubelet.shutdown(Duration::from_secs(30)).await;
-    let seen = sink.snapshot();
-    let dead = dead_letter_ids(&env.redis_url, &s.dead_letter).await;
+    let Outcome { tally, seen, .. } = workers
+        .finish(
+            "scale-down 4 → 1 under load (streamq worker, SIGTERM)",
+            &published,
+            &env.redis_url,
+            &s.dead_letter,
+        )
+        .await;
 
     // A worker whose log has no summary counts as having abandoned everything.
     let abandoned = scaled_down
@@ -310,12 +296,6 @@ async fn scale_down_under_load_interrupts_nothing() {
         .fold(0u64, |sum, e| sum.saturating_add(e.abandoned.unwrap_or(u64::MAX)));
     let in_flight: Vec<Option<u64>> = scaled_down.iter().map(|e| e.in_flight_at_stop).collect();
     let interrupted = seen.redelivered.saturating_add(abandoned);
-    let tally = Tally::new(
-        "scale-down 4 → 1 under load (streamq worker, SIGTERM)",
-        &published.ids,
-        &seen,
-        &dead,
-    );
     tally.report_and_assert_none_lost();
     println!("scale-down: in flight at SIGTERM per worker {in_flight:?}; interrupted {interrupted}");
     for e in &scaled_down {
@@ -347,13 +327,7 @@ async fn operator_sigkilled_mid_burst_restarts_without_wrong_scaling() {
     let env = TestEnv::new("chaos-op").await;
     let op = env.start_operator();
     let s = ready_queue(&env, &env.redis_url, json!({})).await;
-    create_consumer(
-        &env,
-        "workers",
-        json!({"autoscaling": {"minReplicas": 0, "maxReplicas": MAX, "targetLatency": "20s",
-                               "processingTime": "1s", "scaleDownDelay": "5s"}}),
-    )
-    .await;
+    create_consumer(&env, "workers", autoscaled_up_to(MAX)).await;
     let deployments = env.api::<Deployment>();
     let consumers = env.api::<Consumer>();
     let monitor = ReplicaMonitor::start(&env, "workers", &env.redis_url, &s.stream, "workers");
@@ -383,8 +357,7 @@ async fn operator_sigkilled_mid_burst_restarts_without_wrong_scaling() {
     let restarted = Instant::now();
     let _op2 = env.start_operator();
     let recovered = wait_for(&consumers, "workers", "Ready at the new generation", |c: &Consumer| {
-        c.status.as_ref().is_some_and(|s| s.observed_generation == generation)
-            && is(consumer_conditions(c), "Ready", ConditionStatus::True)
+        c.status.as_ref().is_some_and(|s| s.observed_generation == generation) && c.is("Ready", ConditionStatus::True)
     })
     .await;
     let recovery = restarted.elapsed();
@@ -409,29 +382,16 @@ async fn operator_sigkilled_mid_burst_restarts_without_wrong_scaling() {
     );
 
     // Workers drain the backlog; scaling to zero only once it is gone.
-    let sink = Sink::start(Duration::ZERO).await;
-    let kubelet = Kubelet::start(
-        env.client.clone(),
-        &env.namespace,
-        "workers",
-        &sink.url,
-        &["--grace", "10s"],
-    );
+    let workers = Workers::start(&env, "workers", Duration::ZERO, &["--grace", "10s"]).await;
     wait_drained(&env.redis_url, &s.stream, "workers", DRAIN).await;
     wait_for_within(&deployments, "workers", "back to zero", Duration::from_secs(90), |d| {
         replicas(d) == 0
     })
     .await;
-    let _ = kubelet.shutdown(Duration::from_secs(30)).await;
+    let fault = "operator SIGKILLed mid-burst, restarted 3 s later";
+    let outcome = workers.finish(fault, &published, &env.redis_url, &s.dead_letter).await;
+    outcome.tally.report_and_assert_none_lost();
     let zero_with_backlog = monitor.zero_with_backlog();
-    let dead = dead_letter_ids(&env.redis_url, &s.dead_letter).await;
-    Tally::new(
-        "operator SIGKILLed mid-burst, restarted 3 s later",
-        &published.ids,
-        &sink.snapshot(),
-        &dead,
-    )
-    .report_and_assert_none_lost();
     assert!(
         zero_with_backlog.is_empty(),
         "scaled to zero with messages waiting: {zero_with_backlog:?}"
@@ -446,16 +406,11 @@ async fn redis_sigkill_restart(fsync: &str) -> (Tally, f64) {
     let mut redis = PrivateRedis::start(fsync, &["--appendonly", "yes", "--appendfsync", fsync]).await;
     let url = redis.url();
     let (stream, group) = ("chaos-aof", "workers");
-    let mut conn = support::chaos::connect(&url).await;
-    let _: () = ::redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg(group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let _: () = cmd(
+        &mut connect(&url).await,
+        &["XGROUP", "CREATE", stream, group, "0", "MKSTREAM"],
+    )
+    .await;
     let load = Load::start(producer(&url, stream).await, None, None, None);
     wait_until(Duration::from_secs(60), "5000 acknowledged publishes", || async {
         load.acknowledged() >= 5000
@@ -489,14 +444,9 @@ async fn redis_sigkill_restart(fsync: &str) -> (Tally, f64) {
             }
         }
     });
-    let stop = CancellationToken::new();
-    let run = tokio::spawn({
-        let stop = stop.clone();
-        async move { worker.run(stop.cancelled_owned()).await }
-    });
+    let worker = RunningWorker::start(worker);
     wait_drained(&url, stream, group, DRAIN).await;
-    stop.cancel();
-    run.await.unwrap().expect("the worker ran");
+    worker.stop().await.expect("the worker ran");
     let seen = seen.lock().unwrap().clone();
     let tally = Tally::new(
         &format!("redis-server SIGKILLed + restarted, appendfsync {fsync}"),
@@ -546,13 +496,7 @@ async fn redis_unreachable_for_30s_degrades_holds_replicas_and_recovers() {
     let env = TestEnv::new("chaos-outage").await;
     let _op = env.start_operator();
     let s = ready_queue(&env, &url, json!({"delivery": {"visibilityTimeout": "5s"}})).await;
-    create_consumer(
-        &env,
-        "workers",
-        json!({"autoscaling": {"minReplicas": 0, "maxReplicas": MAX, "targetLatency": "20s",
-                               "processingTime": "1s", "scaleDownDelay": "5s"}}),
-    )
-    .await;
+    create_consumer(&env, "workers", autoscaled_up_to(MAX)).await;
     let (deployments, queues, consumers) = (env.api::<Deployment>(), env.api::<Queue>(), env.api::<Consumer>());
     let published = Load::start(producer(&url, &s.stream).await, None, None, Some(300))
         .finish(Duration::from_secs(60))
@@ -564,17 +508,17 @@ async fn redis_unreachable_for_30s_degrades_holds_replicas_and_recovers() {
     let down = Instant::now();
     let names_redis = |c: &Condition| c.message.contains("Redis") && c.message.contains(&redis.port.to_string());
     let q = wait_for(&queues, "jobs", "Queue Degraded", |q: &Queue| {
-        condition(queue_conditions(q), "Degraded").is_some_and(|c| c.status == ConditionStatus::True && names_redis(c))
+        q.condition("Degraded")
+            .is_some_and(|c| c.status == ConditionStatus::True && names_redis(c))
     })
     .await;
     let c = wait_for(&consumers, "workers", "Consumer Degraded", |c: &Consumer| {
-        condition(consumer_conditions(c), "Degraded")
+        c.condition("Degraded")
             .is_some_and(|c| c.status == ConditionStatus::True && names_redis(c))
     })
     .await;
     let detected = down.elapsed();
-    let qd = condition(queue_conditions(&q), "Degraded").unwrap().clone();
-    let cd = condition(consumer_conditions(&c), "Degraded").unwrap().clone();
+    let (qd, cd) = (q.condition("Degraded").unwrap(), c.condition("Degraded").unwrap());
     println!("Queue Degraded after ≤{detected:?}: {}: {}", qd.reason, qd.message);
     println!("Consumer Degraded: {}: {}", cd.reason, cd.message);
     // The rest of the outage: replicas hold (the monitor), and both stay
@@ -585,12 +529,12 @@ async fn redis_unreachable_for_30s_degrades_holds_replicas_and_recovers() {
             queues.get("jobs").await.unwrap(),
             consumers.get("workers").await.unwrap(),
         );
-        for (what, conditions) in [("Queue", queue_conditions(&q)), ("Consumer", consumer_conditions(&c))] {
-            if !is(conditions, "Degraded", ConditionStatus::True) {
+        for (what, conditions) in [("Queue", q.conditions()), ("Consumer", c.conditions())] {
+            if !conditions.is("Degraded", ConditionStatus::True) {
                 flaps.push(format!(
                     "{what} at {:?}: {:?}",
                     down.elapsed(),
-                    condition(conditions, "Degraded")
+                    conditions.condition("Degraded")
                 ));
             }
         }
@@ -601,13 +545,11 @@ async fn redis_unreachable_for_30s_degrades_holds_replicas_and_recovers() {
     redis.resume();
     let up = Instant::now();
     wait_for(&queues, "jobs", "Queue Ready again", |q: &Queue| {
-        is(queue_conditions(q), "Ready", ConditionStatus::True)
-            && is(queue_conditions(q), "Degraded", ConditionStatus::False)
+        q.is("Ready", ConditionStatus::True) && q.is("Degraded", ConditionStatus::False)
     })
     .await;
     wait_for(&consumers, "workers", "Consumer Ready again", |c: &Consumer| {
-        is(consumer_conditions(c), "Ready", ConditionStatus::True)
-            && is(consumer_conditions(c), "Degraded", ConditionStatus::False)
+        c.is("Ready", ConditionStatus::True) && c.is("Degraded", ConditionStatus::False)
     })
     .await;
     let recovery = up.elapsed();
@@ -617,29 +559,17 @@ async fn redis_unreachable_for_30s_degrades_holds_replicas_and_recovers() {
     );
     assert_eq!(during, Some(MAX), "replicas changed while Redis was unreachable");
 
-    let sink = Sink::start(Duration::ZERO).await;
-    let kubelet = Kubelet::start(
-        env.client.clone(),
-        &env.namespace,
-        "workers",
-        &sink.url,
-        &["--grace", "10s"],
-    );
+    let workers = Workers::start(&env, "workers", Duration::ZERO, &["--grace", "10s"]).await;
     wait_drained(&url, &s.stream, "workers", DRAIN).await;
-    let _ = kubelet.shutdown(Duration::from_secs(30)).await;
+    let outcome = workers
+        .finish("Redis unreachable 30 s (SIGSTOP)", &published, &url, &s.dead_letter)
+        .await;
     let zero_with_backlog = monitor.zero_with_backlog();
     assert!(
         zero_with_backlog.is_empty(),
         "scaled to zero with messages waiting: {zero_with_backlog:?}"
     );
-    let dead = dead_letter_ids(&url, &s.dead_letter).await;
-    Tally::new(
-        "Redis unreachable 30 s (SIGSTOP)",
-        &published.ids,
-        &sink.snapshot(),
-        &dead,
-    )
-    .report_and_assert_none_lost();
+    outcome.tally.report_and_assert_none_lost();
 }
 
 /// Scenario 7: kube-apiserver SIGKILLed right after a spec change (mid-
@@ -658,15 +588,8 @@ async fn apiserver_restarted_mid_reconcile_loses_no_reconcile() {
     for name in ["before", "after"] {
         wait_for(&deployments, name, "1 replica", |d| replicas(d) == 1).await;
     }
-    let sink = Sink::start(Duration::from_millis(2)).await;
-    let kubelet = Kubelet::start(
-        env.client.clone(),
-        &env.namespace,
-        "before",
-        &sink.url,
-        &["--grace", "10s"],
-    );
-    wait_until(Duration::from_secs(60), "a worker", || async { kubelet.running() == 1 }).await;
+    let workers = Workers::start(&env, "before", Duration::from_millis(2), &["--grace", "10s"]).await;
+    workers.kubelet.wait_running(1).await;
     let load = Load::start(producer(&env.redis_url, &s.stream).await, Some(50), None, None);
     wait_until(Duration::from_secs(30), "load flowing", || async {
         load.acknowledged() >= 100
@@ -731,18 +654,9 @@ async fn apiserver_restarted_mid_reconcile_loses_no_reconcile() {
         println!("operator: {line}");
     }
     let published = load.stop().await;
-    wait_until(Duration::from_secs(60), "3 workers", || async {
-        kubelet.running() == 3
-    })
-    .await;
+    workers.kubelet.wait_running(3).await;
     wait_drained(&env.redis_url, &s.stream, "before", DRAIN).await;
-    let _ = kubelet.shutdown(Duration::from_secs(30)).await;
-    let dead = dead_letter_ids(&env.redis_url, &s.dead_letter).await;
-    Tally::new(
-        "kube-apiserver SIGKILLed mid-reconcile, restarted",
-        &published.ids,
-        &sink.snapshot(),
-        &dead,
-    )
-    .report_and_assert_none_lost();
+    let fault = "kube-apiserver SIGKILLed mid-reconcile, restarted";
+    let outcome = workers.finish(fault, &published, &env.redis_url, &s.dead_letter).await;
+    outcome.tally.report_and_assert_none_lost();
 }

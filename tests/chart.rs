@@ -3,13 +3,11 @@
 
 mod support;
 
-use kube::api::PostParams;
 use serde_json::{Value, json};
 use streamq::api::{Consumer, Queue};
 use support::{
-    TestEnv,
-    chart::{helm, helm_ok, render, service_account_kubeconfig},
-    wait_for,
+    chart::{Release, helm, helm_ok, render, service_account_kubeconfig},
+    *,
 };
 
 fn kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -143,54 +141,19 @@ fn the_operator_pod_is_hardened_for_restricted_pod_security() {
 async fn chart_installs_under_restricted_pod_security_and_its_rbac_runs_the_operator() {
     let env = TestEnv::new("chart").await;
     let ns = env.namespace.as_str();
-    env.kubectl_ok(&[
-        "label",
-        "namespace",
-        ns,
-        "pod-security.kubernetes.io/enforce=restricted",
-    ]);
-    let release = format!("sq-{ns}");
-    helm_ok(&[
-        "install",
-        &release,
-        "charts/streamq",
-        "-n",
-        ns,
-        "--set",
-        &format!("watchNamespace={ns}"),
-    ]);
+    env.label_namespace(&["pod-security.kubernetes.io/enforce=restricted"]);
+    let release = Release::install(&env, &[]);
 
     // kwok plays the kubelet: the operator pod becomes Running on a fake node.
-    let selector = format!("app.kubernetes.io/instance={release}");
-    env.kubectl_ok(&["rollout", "status", "deployment", "-l", &selector, "--timeout=120s"]);
-    let phases = env.kubectl_ok(&[
-        "get",
-        "pods",
-        "-l",
-        &selector,
-        "-o",
-        "jsonpath={.items[*].status.phase}",
-    ]);
-    assert_eq!(phases.split_whitespace().collect::<Vec<_>>(), ["Running", "Running"]);
+    assert_eq!(release.rolled_out(), ["Running", "Running"]);
     // The PodDisruptionBudget sees both pods and allows one disruption.
-    let allowed = env.kubectl_ok(&[
-        "get",
+    let allowed = release.get(
         "poddisruptionbudget",
-        "-l",
-        &selector,
-        "-o",
-        "jsonpath={.items[0].status.expectedPods} {.items[0].status.disruptionsAllowed}",
-    ]);
+        "{.items[0].status.expectedPods} {.items[0].status.disruptionsAllowed}",
+    );
     assert_eq!(allowed.trim(), "2 1");
 
-    let sa = env.kubectl_ok(&[
-        "get",
-        "serviceaccount",
-        "-l",
-        &selector,
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ]);
+    let sa = release.get("serviceaccount", "{.items[0].metadata.name}");
     let as_sa = format!("--as=system:serviceaccount:{ns}:{sa}");
     // Least privilege, spot-checked: what the reconcilers need, and not Secrets.
     for (verb, resource, subresource, want) in [
@@ -221,23 +184,10 @@ async fn chart_installs_under_restricted_pod_security_and_its_rbac_runs_the_oper
     // The operator, authenticated only by a TokenRequest token of the chart's
     // ServiceAccount, can watch and patch status.
     let kubeconfig = service_account_kubeconfig(ns, &sa);
-    let operator = support::Operator::start(ns, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    let operator = Operator::start(ns, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
 
-    let queue: Queue = serde_json::from_value(json!({
-        "apiVersion": "streamq.dev/v1alpha1", "kind": "Queue", "metadata": {"name": "orders"},
-        "spec": {"broker": {"external": {"urlSecretRef": {"name": "redis", "key": "url"}}}},
-    }))
-    .unwrap();
-    let consumer: Consumer = serde_json::from_value(json!({
-        "apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer", "metadata": {"name": "billing"},
-        "spec": {"queueRef": {"name": "orders"}, "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}},
-    }))
-    .unwrap();
-    env.api::<Queue>().create(&PostParams::default(), &queue).await.unwrap();
-    env.api::<Consumer>()
-        .create(&PostParams::default(), &consumer)
-        .await
-        .unwrap();
+    env.create(&external_queue("orders", json!({}))).await;
+    env.create(&consumer("billing", "orders", json!({}))).await;
     wait_for(
         &env.api::<Queue>(),
         "orders",
@@ -256,5 +206,5 @@ async fn chart_installs_under_restricted_pod_security_and_its_rbac_runs_the_oper
     assert!(!logs.contains("forbidden"), "the operator hit RBAC denials:\n{logs}");
     drop(operator);
 
-    helm_ok(&["uninstall", &release, "-n", ns, "--wait"]);
+    release.uninstall();
 }

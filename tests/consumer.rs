@@ -4,14 +4,13 @@
 mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::PostParams;
 use serde_json::json;
 use streamq::api::Consumer;
-use support::{Operator, TestEnv, wait_for};
+use support::*;
 
-fn consumer(name: &str, queue: &str, extra: serde_json::Value) -> Consumer {
-    let mut spec = json!({
-        "queueRef": {"name": queue},
+/// A Consumer whose template carries labels, arguments and env of its own.
+fn templated(name: &str, queue: &str, extra: serde_json::Value) -> Consumer {
+    let spec = json!({
         "concurrency": 3,
         "template": {
             "metadata": {"labels": {"team": "payments"}},
@@ -21,13 +20,7 @@ fn consumer(name: &str, queue: &str, extra: serde_json::Value) -> Consumer {
             }]},
         },
     });
-    for (k, v) in extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    serde_json::from_value(
-        json!({"apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer", "metadata": {"name": name}, "spec": spec}),
-    )
-    .unwrap()
+    consumer(name, queue, with_fields(spec, extra))
 }
 
 fn pod_template(d: &Deployment) -> &k8s_openapi::api::core::v1::PodTemplateSpec {
@@ -40,13 +33,8 @@ async fn deployment_carries_the_template_plus_the_env_contract_and_rolls_on_chan
     let _op = Operator::start(&env.namespace, &[]);
     let queue = env.ready_queue("orders").await;
     let consumers = env.api::<Consumer>();
-    consumers
-        .create(
-            &PostParams::default(),
-            &consumer("billing", "orders", json!({"replicas": 2})),
-        )
-        .await
-        .unwrap();
+    env.create(&templated("billing", "orders", json!({"replicas": 2})))
+        .await;
 
     let deployments = env.api::<Deployment>();
     let d = wait_for(&deployments, "billing", "2 ready replicas", |d: &Deployment| {
@@ -82,12 +70,7 @@ async fn deployment_carries_the_template_plus_the_env_contract_and_rolls_on_chan
 
     // The group exists in Redis.
     let mut redis = env.redis().await;
-    let groups: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(queue.stream_key())
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let groups: Vec<Vec<redis::Value>> = cmd(&mut redis, &["XINFO", "GROUPS", &queue.stream_key()]).await;
     assert!(format!("{groups:?}").contains("billing"), "{groups:?}");
 
     let c = wait_for(&consumers, "billing", "status with 2 ready", |c: &Consumer| {
@@ -111,7 +94,7 @@ async fn deployment_carries_the_template_plus_the_env_contract_and_rolls_on_chan
     assert_eq!(pods.split_whitespace().filter(|p| *p == "Running").count(), 2, "{pods}");
 
     // A template change rolls the Deployment.
-    support::update(&consumers, "billing", |c: &mut Consumer| {
+    update(&consumers, "billing", |c: &mut Consumer| {
         c.spec.template.spec.as_mut().unwrap().containers[0].image = Some("example.com/worker:2".into());
     })
     .await;
@@ -132,13 +115,8 @@ async fn fixed_replicas_follow_spec_and_kubectl_scale() {
     let env = TestEnv::new("c-scale").await;
     let _op = Operator::start(&env.namespace, &[]);
     env.ready_queue("orders").await;
-    env.api::<Consumer>()
-        .create(
-            &PostParams::default(),
-            &consumer("billing", "orders", json!({"replicas": 1})),
-        )
-        .await
-        .unwrap();
+    env.create(&templated("billing", "orders", json!({"replicas": 1})))
+        .await;
     let deployments = env.api::<Deployment>();
     wait_for(&deployments, "billing", "1 replica", |d: &Deployment| {
         d.spec.as_ref().unwrap().replicas == Some(1)
@@ -171,27 +149,12 @@ async fn fixed_replicas_follow_spec_and_kubectl_scale() {
 async fn a_consumer_of_a_missing_queue_says_so_and_recovers() {
     let env = TestEnv::new("c-noqueue").await;
     let _op = Operator::start(&env.namespace, &[]);
-    env.api::<Consumer>()
-        .create(&PostParams::default(), &consumer("billing", "later", json!({})))
-        .await
-        .unwrap();
+    env.create(&templated("billing", "later", json!({}))).await;
     let c = wait_for(&env.api::<Consumer>(), "billing", "QueueNotFound", |c: &Consumer| {
-        c.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Degraded" && c.reason == "QueueNotFound")
-        })
+        c.condition("Degraded").is_some_and(|d| d.reason == "QueueNotFound")
     })
     .await;
-    let message = &c
-        .status
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message
-        .clone();
+    let message = &c.condition("Ready").unwrap().message;
     assert!(message.contains("later") && message.contains("create it"), "{message}");
     env.ready_queue("later").await;
     wait_for(
@@ -209,37 +172,16 @@ async fn start_from_latest_skips_what_is_already_in_the_stream() {
     let _op = Operator::start(&env.namespace, &[]);
     let queue = env.ready_queue("orders").await;
     let mut redis = env.redis().await;
-    let old: String = redis::cmd("XADD")
-        .arg(queue.stream_key())
-        .arg("*")
-        .arg("data")
-        .arg("old")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    env.api::<Consumer>()
-        .create(
-            &PostParams::default(),
-            &consumer("fresh", "orders", json!({"startFrom": "Latest"})),
-        )
-        .await
-        .unwrap();
-    env.api::<Consumer>()
-        .create(
-            &PostParams::default(),
-            &consumer("all", "orders", json!({"startFrom": "Earliest"})),
-        )
-        .await
-        .unwrap();
+    let old: String = cmd(&mut redis, &["XADD", &queue.stream_key(), "*", "data", "old"]).await;
+    for (name, start) in [("fresh", "Latest"), ("all", "Earliest")] {
+        env.create(&templated(name, "orders", json!({"startFrom": start})))
+            .await;
+    }
     for name in ["fresh", "all"] {
         wait_for(&env.api::<Deployment>(), name, "Deployment", |_| true).await;
     }
-    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(queue.stream_key())
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+        cmd(&mut redis, &["XINFO", "GROUPS", &queue.stream_key()]).await;
     let last_delivered = |g: &str| {
         let group = groups
             .iter()

@@ -11,32 +11,7 @@ use kube::{
 };
 use serde_json::json;
 use streamq::api::{Consumer, Queue};
-use support::{TestEnv, kubectl_ok, wait_for};
-
-fn queue(name: &str, stream_key: Option<&str>) -> Queue {
-    let mut spec = json!({"broker": {"external": {"urlSecretRef": {"name": "redis", "key": "url"}}}});
-    if let Some(k) = stream_key {
-        spec["streamKey"] = k.into();
-    }
-    serde_json::from_value(
-        json!({"apiVersion": "streamq.dev/v1alpha1", "kind": "Queue", "metadata": {"name": name}, "spec": spec}),
-    )
-    .unwrap()
-}
-
-fn consumer(name: &str, queue: &str, extra: serde_json::Value) -> Consumer {
-    let mut spec = json!({
-        "queueRef": {"name": queue},
-        "template": {"spec": {"containers": [{"name": "worker", "image": "example.com/worker:1"}]}},
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    serde_json::from_value(
-        json!({"apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer", "metadata": {"name": name}, "spec": spec}),
-    )
-    .unwrap()
-}
+use support::*;
 
 /// The message of an admission rejection, or a failure if it was admitted.
 async fn rejection<K>(api: &Api<K>, obj: &K) -> String
@@ -89,39 +64,27 @@ async fn kubectl_apply_crds_client_side_and_server_side_is_idempotent() {
 #[tokio::test]
 async fn kubectl_get_shows_printer_columns_and_category() {
     let env = TestEnv::new("columns").await;
-    env.api::<Queue>()
-        .create(&PostParams::default(), &queue("orders", None))
-        .await
-        .unwrap();
-    env.api::<Consumer>()
-        .create(
-            &PostParams::default(),
-            &consumer("billing", "orders", json!({"replicas": 2})),
-        )
-        .await
-        .unwrap();
+    env.create(&external_queue("orders", json!({}))).await;
+    env.create(&consumer("billing", "orders", json!({"replicas": 2}))).await;
 
     let out = env.kubectl_ok(&["get", "sq,sqc"]);
-    let queue_header = out
-        .lines()
-        .find(|l| l.starts_with("NAME") && l.contains("BROKER"))
-        .expect(&out);
-    for col in ["READY", "BROKER", "LENGTH", "RATE", "DLQ", "AGE"] {
-        assert!(
-            queue_header.contains(col),
-            "queue column {col} missing in {queue_header}"
-        );
-    }
-    let consumer_header = out
-        .lines()
-        .find(|l| l.starts_with("NAME") && l.contains("QUEUE"))
-        .expect(&out);
-    for col in ["QUEUE", "REPLICAS", "DESIRED", "LAG", "PENDING", "AGE"] {
-        assert!(
-            consumer_header.contains(col),
-            "consumer column {col} missing in {consumer_header}"
-        );
-    }
+    // The header line of a kind, told by a column only it has.
+    let header = |kind: &str, own: &str, columns: &[&str]| {
+        let header = out
+            .lines()
+            .find(|l| l.starts_with("NAME") && l.contains(own))
+            .expect(&out);
+        for col in columns {
+            assert!(header.contains(col), "{kind} column {col} missing in {header}");
+        }
+        header
+    };
+    header("queue", "BROKER", &["READY", "BROKER", "LENGTH", "RATE", "DLQ", "AGE"]);
+    let consumer_header = header(
+        "consumer",
+        "QUEUE",
+        &["QUEUE", "REPLICAS", "DESIRED", "LAG", "PENDING", "AGE"],
+    );
     assert!(
         !consumer_header.contains("PROCESSING"),
         "Processing belongs to -o wide only"
@@ -145,87 +108,60 @@ async fn cel_rules_reject_bad_objects_with_actionable_messages() {
     let queues = env.api::<Queue>();
     let consumers = env.api::<Consumer>();
 
-    let mut both = queue("both", None);
-    both.spec.broker =
-        serde_json::from_value(json!({"external": {"urlSecretRef": {"name": "s", "key": "url"}}})).unwrap();
-    let mut both_json = serde_json::to_value(&both).unwrap();
-    both_json["spec"]["broker"]["managed"] = json!({});
-    let msg = raw_create_rejection(&env, "queues", &both_json).await;
-    assert!(
-        msg.contains("spec.broker must set exactly one of external or managed"),
-        "{msg}"
-    );
-
-    let mut neither = serde_json::to_value(queue("neither", None)).unwrap();
+    let mut both = serde_json::to_value(external_queue("both", json!({}))).unwrap();
+    both["spec"]["broker"]["managed"] = json!({});
+    let mut neither = serde_json::to_value(external_queue("neither", json!({}))).unwrap();
     neither["spec"]["broker"] = json!({});
-    let msg = raw_create_rejection(&env, "queues", &neither).await;
-    assert!(
-        msg.contains("spec.broker must set exactly one of external or managed"),
-        "{msg}"
-    );
+    for broker in [both, neither] {
+        let msg = raw_create_rejection(&env, "queues", &broker).await;
+        assert!(
+            msg.contains("spec.broker must set exactly one of external or managed"),
+            "{msg}"
+        );
+    }
 
-    let msg = rejection(
-        &consumers,
-        &consumer(
+    for (name, autoscaling, expected) in [
+        (
             "minmax",
-            "q",
-            json!({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
+            json!({"minReplicas": 5, "maxReplicas": 2}),
+            "autoscaling.minReplicas must not be greater than autoscaling.maxReplicas",
         ),
-    )
-    .await;
-    assert!(
-        msg.contains("autoscaling.minReplicas must not be greater than autoscaling.maxReplicas"),
-        "{msg}"
-    );
-
-    let msg = rejection(
-        &consumers,
-        &consumer(
+        (
             "max0",
-            "q",
-            json!({"autoscaling": {"minReplicas": 0, "maxReplicas": 0}}),
+            json!({"minReplicas": 0, "maxReplicas": 0}),
+            "autoscaling.maxReplicas must be at least 1",
         ),
-    )
-    .await;
-    assert!(msg.contains("autoscaling.maxReplicas must be at least 1"), "{msg}");
+    ] {
+        let msg = rejection(&consumers, &consumer(name, "q", json!({"autoscaling": autoscaling}))).await;
+        assert!(msg.contains(expected), "{msg}");
+    }
 
     // Immutable fields: each change is refused on update.
-    queues
-        .create(&PostParams::default(), &queue("keyed", Some("a")))
-        .await
-        .unwrap();
+    env.create(&external_queue("keyed", json!({"streamKey": "a"}))).await;
     let msg = replace_rejection(&queues, "keyed", |q| q.spec.stream_key = Some("b".into())).await;
     assert!(msg.contains("spec.streamKey is immutable"), "{msg}");
     let msg = replace_rejection(&queues, "keyed", |q| q.spec.stream_key = None).await;
     assert!(msg.contains("spec.streamKey is immutable"), "{msg}");
 
-    consumers
-        .create(&PostParams::default(), &consumer("c", "q", json!({"group": "g"})))
-        .await
-        .unwrap();
+    env.create(&consumer("c", "q", json!({"group": "g"}))).await;
     let msg = replace_rejection(&consumers, "c", |c| c.spec.queue_ref.name = "other".into()).await;
     assert!(msg.contains("spec.queueRef is immutable"), "{msg}");
     let msg = replace_rejection(&consumers, "c", |c| c.spec.group = Some("h".into())).await;
     assert!(msg.contains("spec.group is immutable"), "{msg}");
 
     // A good object still passes, so the rules are not simply rejecting everything.
-    consumers
-        .create(
-            &PostParams::default(),
-            &consumer(
-                "good",
-                "q",
-                json!({"autoscaling": {"minReplicas": 0, "maxReplicas": 3}}),
-            ),
-        )
-        .await
-        .unwrap();
+    env.create(&consumer(
+        "good",
+        "q",
+        json!({"autoscaling": {"minReplicas": 0, "maxReplicas": 3}}),
+    ))
+    .await;
 }
 
 /// Creates an arbitrary JSON object (one our Rust types cannot express) and
 /// returns the rejection message.
 async fn raw_create_rejection(env: &TestEnv, plural: &str, obj: &serde_json::Value) -> String {
-    let out = support::kubectl_stdin(Some(&env.namespace), &["create", "-f", "-"], &obj.to_string());
+    let out = kubectl_stdin(Some(&env.namespace), &["create", "-f", "-"], &obj.to_string());
     assert!(!out.status.success(), "the API server admitted {plural} {obj}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -247,13 +183,7 @@ where
 async fn kubectl_scale_sets_spec_replicas() {
     let env = TestEnv::new("scale").await;
     let consumers = env.api::<Consumer>();
-    consumers
-        .create(
-            &PostParams::default(),
-            &consumer("workers", "q", json!({"replicas": 1})),
-        )
-        .await
-        .unwrap();
+    env.create(&consumer("workers", "q", json!({"replicas": 1}))).await;
     env.kubectl_ok(&["scale", "consumer", "workers", "--replicas=3"]);
     assert_eq!(consumers.get("workers").await.unwrap().spec.replicas, Some(3));
     env.kubectl_ok(&["scale", "sqc", "workers", "--replicas=0"]);
@@ -265,17 +195,8 @@ async fn reconcilers_set_observed_generation_and_operator_serves_health_and_metr
     let env = TestEnv::new("reconcile").await;
     let queues = env.api::<Queue>();
     let consumers = env.api::<Consumer>();
-    queues
-        .create(&PostParams::default(), &queue("orders", None))
-        .await
-        .unwrap();
-    consumers
-        .create(
-            &PostParams::default(),
-            &consumer("billing", "orders", json!({"replicas": 1})),
-        )
-        .await
-        .unwrap();
+    env.create(&external_queue("orders", json!({}))).await;
+    env.create(&consumer("billing", "orders", json!({"replicas": 1}))).await;
 
     let operator = env.start_operator();
     let observed = |g: i64| move |o: &Queue| o.status.as_ref().and_then(|s| s.observed_generation) == Some(g);
@@ -312,11 +233,7 @@ async fn reconcilers_set_observed_generation_and_operator_serves_health_and_metr
 
     let (code, body) = operator.get("/healthz").await;
     assert_eq!((code, body.as_str()), (200, "ok"));
-    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
-    while operator.get("/readyz").await.0 != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    operator.wait_ready().await;
     let (code, metrics) = operator.get("/metrics").await;
     assert_eq!(code, 200);
     assert!(

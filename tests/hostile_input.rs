@@ -31,7 +31,7 @@ use proptest::{
 };
 use serde_json::{Value, json};
 use streamq::api::{Consumer, Queue};
-use support::{hardening::*, *};
+use support::*;
 
 const CASES: usize = 48;
 const SEED: [u8; 32] = *b"streamq hostile input, seed 0001";
@@ -313,15 +313,13 @@ fn api_resource<K: kube::Resource<DynamicType = ()>>() -> ApiResource {
     )
 }
 
-/// Alive, and not a zombie waiting to be reaped.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with(|c| c != 'Z' && c != 'X'))
-        })
-        .unwrap_or(false)
+/// Waits until the raw JSON of the named object (it may be unreadable as a
+/// Queue or Consumer) satisfies `cond`.
+async fn wait_raw(api: &Api<DynamicObject>, name: &str, what: &str, cond: impl Fn(&Value) -> bool) {
+    wait_until(TIMEOUT, &format!("{name} {what}"), || async {
+        cond(&serde_json::to_value(api.get(name).await.unwrap()).unwrap())
+    })
+    .await
 }
 
 struct Case {
@@ -535,42 +533,19 @@ async fn unreadable_objects_are_reported_and_do_not_stall_the_others() {
     let op = env.start_operator();
 
     // The readable ones are reconciled regardless.
-    create(
-        &queue_api,
-        json!({
-            "apiVersion": "streamq.dev/v1alpha1", "kind": "Queue", "metadata": {"name": "fine"},
-            "spec": {"broker": external},
-        }),
-    )
-    .await;
-    create(
-        &consumer_api,
-        json!({
-            "apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer", "metadata": {"name": "fine-c"},
-            "spec": {"queueRef": {"name": "fine"}, "replicas": 0,
-                     "template": {"spec": {"containers": [{"name": "w", "image": "example.com/w:1"}]}}},
-        }),
-    )
-    .await;
-    wait_queue_ready(&env, "fine").await;
-    wait_for(&env.api::<Consumer>(), "fine-c", "Ready", |c: &Consumer| {
-        consumer_condition(c, "Ready").is_some_and(|r| r.status == streamq::api::ConditionStatus::True)
-    })
-    .await;
+    env.create(&external_queue("fine", json!({}))).await;
+    env.create(&consumer("fine-c", "fine", json!({"replicas": 0}))).await;
+    wait_provisioned(&env, "fine").await;
+    wait_ready(&env.api::<Consumer>(), "fine-c").await;
 
     // The unreadable ones say why, on themselves.
     for (api, name) in [(&queue_api, "broken"), (&consumer_api, "broken-c")] {
-        let api = api.clone();
-        poll(TIMEOUT, &format!("{name} Degraded with InvalidObject"), || {
-            let api = api.clone();
-            async move {
-                let obj = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
-                condition_of(&obj, "Degraded").is_some_and(|d| {
-                    d.status == streamq::api::ConditionStatus::True
-                        && d.reason == "InvalidObject"
-                        && d.message.contains(OVERFLOW)
-                })
-            }
+        wait_raw(api, name, "Degraded with InvalidObject", |obj| {
+            condition_of(obj, "Degraded").is_some_and(|d| {
+                d.status == streamq::api::ConditionStatus::True
+                    && d.reason == "InvalidObject"
+                    && d.message.contains(OVERFLOW)
+            })
         })
         .await;
     }
@@ -598,7 +573,7 @@ async fn unreadable_objects_are_reported_and_do_not_stall_the_others() {
         )
         .await
         .unwrap();
-    wait_queue_ready(&env, "broken").await;
+    wait_provisioned(&env, "broken").await;
 
     // A provisioned Queue (it holds the Redis-cleanup finalizer) that becomes
     // unreadable is still deleted, with an Event saying what was left behind.
@@ -610,12 +585,8 @@ async fn unreadable_objects_are_reported_and_do_not_stall_the_others() {
         )
         .await
         .unwrap();
-    poll(TIMEOUT, "broken unreadable again", || {
-        let api = queue_api.clone();
-        async move {
-            let obj = serde_json::to_value(api.get("broken").await.unwrap()).unwrap();
-            condition_of(&obj, "Degraded").is_some_and(|d| d.reason == "InvalidObject")
-        }
+    wait_raw(&queue_api, "broken", "unreadable again", |obj| {
+        condition_of(obj, "Degraded").is_some_and(|d| d.reason == "InvalidObject")
     })
     .await;
     let finalizers = queue_api
@@ -630,11 +601,7 @@ async fn unreadable_objects_are_reported_and_do_not_stall_the_others() {
         "{finalizers:?}"
     );
     queue_api.delete("broken", &DeleteParams::default()).await.unwrap();
-    poll(TIMEOUT, "the unreadable Queue deleted", || {
-        let api = queue_api.clone();
-        async move { api.get_opt("broken").await.unwrap().is_none() }
-    })
-    .await;
+    wait_deleted(&queue_api, "broken").await;
     let abandoned = env.kubectl_ok(&[
         "get",
         "events",
@@ -648,11 +615,11 @@ async fn unreadable_objects_are_reported_and_do_not_stall_the_others() {
     let mut admin = env.redis().await;
     for role in ["producer", "consumer"] {
         let user = format!("streamq.{}.broken.{role}", env.namespace);
-        run(&mut admin, &["ACL", "DELUSER", &user]).await.unwrap();
+        let _: () = cmd(&mut admin, &["ACL", "DELUSER", &user]).await;
     }
     let stream = format!("streamq:{{{}.broken}}", env.namespace);
     for key in [stream.clone(), format!("{stream}:dlq"), format!("{stream}:owner")] {
-        run(&mut admin, &["DEL", &key]).await.unwrap();
+        let _: () = cmd(&mut admin, &["DEL", &key]).await;
     }
 
     assert!(alive(op.pid()), "the operator died; log:\n{}", op.logs());

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
-use streamq::api::{ConditionStatus, Consumer, Queue};
+use streamq::api::Consumer;
 use support::{
-    Operator, TestEnv,
-    chart::{Release, audit_log, service_account_kubeconfig},
-    external_queue, wait_for, wait_for_within,
+    audit::audit_log,
+    chart::{Release, service_account_kubeconfig},
+    *,
 };
 
 const LEASE: &str = "streamq-operator";
@@ -32,7 +32,7 @@ impl Slot {
     fn start(&mut self, ns: &str) {
         self.process = Some(Operator::start_with(
             ns,
-            &["--leader-election", "--leader-election-namespace", ns],
+            &electing(ns),
             &[("KUBECONFIG", self.kubeconfig.as_str())],
         ));
     }
@@ -42,24 +42,37 @@ impl Slot {
     }
 }
 
+/// `streamq run` arguments: take part in the election on the Lease in `ns`.
+fn electing(ns: &str) -> [&str; 3] {
+    ["--leader-election", "--leader-election-namespace", ns]
+}
+
+/// The chart's RBAC only (no operator pod) with its ServiceAccount, plus
+/// `second`, a ServiceAccount with the same roles, so that the audit log
+/// tells two processes apart. Returns each account's name and kubeconfig.
+fn two_accounts(env: &TestEnv, second: &str) -> (Release, [(String, String); 2]) {
+    let mut release = Release::install(env, &["replicaCount=0"]);
+    release.extra_service_account(second);
+    let accounts = [release.service_account().to_owned(), second.to_owned()].map(|sa| {
+        let kubeconfig = service_account_kubeconfig(&env.namespace, &sa);
+        (sa, kubeconfig.to_string_lossy().into_owned())
+    });
+    (release, accounts)
+}
+
+/// Whether the process whose identity ends with `suffix` holds the Lease.
+fn held_by(lease: &Lease, suffix: &str) -> bool {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_ref())
+        .is_some_and(|h| h.ends_with(suffix))
+}
+
 async fn holder(env: &TestEnv) -> Option<(String, i32)> {
     let lease = env.api::<Lease>().get_opt(LEASE).await.unwrap()?;
     let spec = lease.spec?;
     Some((spec.holder_identity?, spec.lease_transitions.unwrap_or(0)))
-}
-
-/// Waits until `slot`'s process answers /readyz with 200: it has read the
-/// Lease and takes part in the election.
-async fn wait_ready(op: &Operator) {
-    let deadline = Instant::now() + support::TIMEOUT;
-    loop {
-        let (code, _) = op.get("/readyz").await;
-        if code == 200 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "operator never became ready:\n{}", op.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -67,13 +80,10 @@ async fn a_standby_takes_over_within_15s_of_a_sigkill_and_no_two_leaders_ever_wr
     let env = TestEnv::new("leader").await;
     let ns = env.namespace.clone();
     let since = Timestamp::now();
-    // The chart's RBAC only (no operator pod), plus a second ServiceAccount
-    // with the same roles so the audit log tells the two processes apart.
-    let mut release = Release::install(&env, &["replicaCount=0"]);
-    release.extra_service_account("standby");
-    let mut slots = [release.service_account().to_owned(), "standby".to_owned()].map(|sa| Slot {
-        kubeconfig: service_account_kubeconfig(&ns, &sa).to_string_lossy().into_owned(),
-        service_account: sa,
+    let (release, accounts) = two_accounts(&env, "standby");
+    let mut slots = accounts.map(|(service_account, kubeconfig)| Slot {
+        service_account,
+        kubeconfig,
         process: None,
     });
     for slot in &mut slots {
@@ -81,31 +91,15 @@ async fn a_standby_takes_over_within_15s_of_a_sigkill_and_no_two_leaders_ever_wr
     }
 
     env.create_admin_secret().await;
-    env.api::<Queue>()
-        .create(&PostParams::default(), &external_queue("jobs", json!({})))
-        .await
-        .unwrap();
-    let consumer: Consumer = serde_json::from_value(json!({
-        "apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer", "metadata": {"name": "workers"},
-        "spec": {"queueRef": {"name": "jobs"}, "replicas": 1,
-                 "template": {"spec": {"containers": [{"name": "w", "image": "example.com/w:1"}]}}},
-    }))
-    .unwrap();
+    env.create(&external_queue("jobs", json!({}))).await;
+    env.create(&consumer("workers", "jobs", json!({"replicas": 1}))).await;
     let consumers = env.api::<Consumer>();
-    consumers.create(&PostParams::default(), &consumer).await.unwrap();
-    wait_for(&consumers, "workers", "Ready", |c: &Consumer| {
-        c.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True)
-        })
-    })
-    .await;
+    wait_ready(&consumers, "workers").await;
 
     let mut failovers = vec![];
     for trial in 0..TRIALS {
         for slot in &slots {
-            wait_ready(slot.process.as_ref().unwrap()).await;
+            slot.process.as_ref().unwrap().wait_ready().await;
         }
         let (identity, term) = holder(&env).await.expect("a Lease with a holder");
         let leader = slots
@@ -175,7 +169,7 @@ async fn a_standby_takes_over_within_15s_of_a_sigkill_and_no_two_leaders_ever_wr
         let op = slot.process.take().unwrap();
         // Ready means started, signal handlers included: a SIGTERM before
         // that would kill the process outright.
-        wait_ready(&op).await;
+        op.wait_ready().await;
         assert!(op.terminate(Duration::from_secs(30)).await.success());
     }
 
@@ -266,42 +260,33 @@ async fn the_term_check_catches_a_process_that_writes_without_the_lease() {
     let env = TestEnv::new("leader-rogue").await;
     let ns = env.namespace.clone();
     let since = Timestamp::now();
-    let mut release = Release::install(&env, &["replicaCount=0"]);
-    release.extra_service_account("rogue");
-    let sas = [release.service_account().to_owned(), "rogue".to_owned()];
-    let kubeconfigs = sas
-        .clone()
-        .map(|sa| service_account_kubeconfig(&ns, &sa).to_string_lossy().into_owned());
-    let _leader = Operator::start_with(
-        &ns,
-        &["--leader-election", "--leader-election-namespace", &ns],
-        &[("KUBECONFIG", kubeconfigs[0].as_str())],
-    );
-    let _rogue = Operator::start_with(&ns, &[], &[("KUBECONFIG", kubeconfigs[1].as_str())]);
+    let (_release, [(leader, leader_config), (rogue, rogue_config)]) = two_accounts(&env, "rogue");
+    let _leader = Operator::start_with(&ns, &electing(&ns), &[("KUBECONFIG", leader_config.as_str())]);
+    let _rogue = Operator::start_with(&ns, &[], &[("KUBECONFIG", rogue_config.as_str())]);
     env.ready_queue("jobs").await;
-    let users = sas.map(|sa| format!("system:serviceaccount:{ns}:{sa}"));
-    let deadline = Instant::now() + support::TIMEOUT;
-    loop {
-        let check = check_terms(&ns, &users, since);
-        if !check.violations.is_empty() {
-            println!("caught: {}", check.violations[0]);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rogue process's writes were never flagged ({} writes seen)",
-            check.writes
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let users = [leader, rogue].map(|sa| format!("system:serviceaccount:{ns}:{sa}"));
+    // Reading the whole audit log is costly: twice a second is often enough.
+    let caught = poll_every(
+        Duration::from_millis(500),
+        TIMEOUT,
+        "the rogue's writes to be flagged",
+        || async {
+            let check = check_terms(&ns, &users, since);
+            match check.violations.first() {
+                Some(v) => Ok(v.clone()),
+                None => Err(format!("{} writes seen, none flagged", check.writes)),
+            }
+        },
+    )
+    .await;
+    println!("caught: {caught}");
 }
 
 #[tokio::test]
 async fn a_follower_is_ready_and_idle_and_a_graceful_leader_hands_over_at_once() {
     let env = TestEnv::new("leader-idle").await;
     let ns = env.namespace.clone();
-    let args = ["--leader-election", "--leader-election-namespace", ns.as_str()];
-    let first = Operator::start_with(&ns, &args, &[]);
+    let first = Operator::start_with(&ns, &electing(&ns), &[]);
     let lease = wait_for(&env.api::<Lease>(), LEASE, "a holder", |l: &Lease| {
         l.spec.as_ref().and_then(|s| s.holder_identity.as_ref()).is_some()
     })
@@ -312,12 +297,12 @@ async fn a_follower_is_ready_and_idle_and_a_graceful_leader_hands_over_at_once()
         "{first_identity}"
     );
 
-    let second = Operator::start_with(&ns, &args, &[]);
-    wait_ready(&second).await;
+    let second = Operator::start_with(&ns, &electing(&ns), &[]);
+    second.wait_ready().await;
     let (_, metrics) = second.get("/metrics").await;
     assert!(metrics.contains("# EOF"), "a follower serves /metrics:\n{metrics}");
     env.ready_queue("jobs").await;
-    wait_log(&second, "following: another process leads").await;
+    second.wait_log("following: another process leads").await;
     assert!(
         !second.logs().contains("starting the controllers"),
         "a follower reconciles nothing:\n{}",
@@ -334,12 +319,7 @@ async fn a_follower_is_ready_and_idle_and_a_graceful_leader_hands_over_at_once()
         LEASE,
         "the follower leads",
         Duration::from_secs(30),
-        |l: &Lease| {
-            l.spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.as_ref())
-                .is_some_and(|h| h.ends_with(&suffix))
-        },
+        |l: &Lease| held_by(l, &suffix),
     )
     .await;
     let handover = stopped.elapsed();
@@ -349,47 +329,17 @@ async fn a_follower_is_ready_and_idle_and_a_graceful_leader_hands_over_at_once()
         "released Lease taken over in {handover:?}, not at expiry (10 s)"
     );
     // The Lease write comes first, then the controllers start.
-    wait_log(&second, "leading: starting the controllers").await;
-}
-
-async fn wait_log(op: &Operator, needle: &str) {
-    let deadline = Instant::now() + support::TIMEOUT;
-    while !op.logs().contains(needle) {
-        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{}", op.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    second.wait_log("leading: starting the controllers").await;
 }
 
 #[tokio::test]
 async fn a_leader_whose_lease_is_taken_exits_non_zero_at_its_next_renewal() {
     let env = TestEnv::new("leader-lost").await;
     let ns = env.namespace.as_str();
-    let log = std::env::temp_dir().join(format!("streamq-operator-{ns}.log"));
-    let log_file = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_streamq"))
-        .args(["run", "--namespace", ns, "--metrics-addr", "127.0.0.1:0"])
-        .args(["--leader-election", "--leader-election-namespace", ns])
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .expect("start streamq run");
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let suffix = format!("_{}", child.id());
-    let child = Kill(&mut child);
+    let mut op = Operator::start_with(ns, &electing(ns), &[]);
+    let suffix = format!("_{}", op.pid());
     let leases = env.api::<Lease>();
-    let mut lease = wait_for(&leases, LEASE, "held by the operator", |l: &Lease| {
-        l.spec
-            .as_ref()
-            .and_then(|s| s.holder_identity.as_ref())
-            .is_some_and(|h| h.ends_with(&suffix))
-    })
-    .await;
+    let mut lease = wait_for(&leases, LEASE, "held by the operator", |l: &Lease| held_by(l, &suffix)).await;
 
     // Someone else takes the Lease (as a candidate would after expiry).
     let spec = lease.spec.as_mut().unwrap();
@@ -397,19 +347,9 @@ async fn a_leader_whose_lease_is_taken_exits_non_zero_at_its_next_renewal() {
     spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
     leases.replace(LEASE, &PostParams::default(), &lease).await.unwrap();
     let taken = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            taken.elapsed() < Duration::from_secs(10),
-            "the operator kept running after losing its Lease:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = op.wait_exit(Duration::from_secs(10)).await;
     let exited = taken.elapsed();
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    let logs = op.logs();
     println!("exited {exited:.1?} after losing the Lease, with {status}");
     assert!(
         !status.success(),

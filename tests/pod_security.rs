@@ -5,19 +5,16 @@
 
 mod support;
 
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::wait::await_condition;
 use serde_json::json;
-use streamq::api::Queue;
-use support::{Operator, TestEnv, chart::Release, queue};
+use support::{chart::Release, *};
 
 #[tokio::test]
 async fn chart_pods_and_managed_redis_pods_pass_restricted_pod_security() {
     let env = TestEnv::new("psa").await;
     let ns = env.namespace.as_str();
-    env.kubectl_ok(&[
-        "label",
-        "namespace",
-        ns,
+    env.label_namespace(&[
         "pod-security.kubernetes.io/enforce=restricted",
         "pod-security.kubernetes.io/enforce-version=latest",
         "pod-security.kubernetes.io/warn=restricted",
@@ -37,43 +34,25 @@ async fn chart_pods_and_managed_redis_pods_pass_restricted_pod_security() {
 
     // The chart with its defaults: two replicas with leader election.
     let release = Release::install(&env, &[]);
-    let selector = format!("app.kubernetes.io/instance={}", release.name);
-    env.kubectl_ok(&["rollout", "status", "deployment", "-l", &selector, "--timeout=120s"]);
-    let phases = env.kubectl_ok(&[
-        "get",
-        "pods",
-        "-l",
-        &selector,
-        "-o",
-        "jsonpath={.items[*].status.phase}",
-    ]);
-    assert_eq!(phases.split_whitespace().collect::<Vec<_>>(), ["Running", "Running"]);
+    assert_eq!(release.rolled_out(), ["Running", "Running"]);
 
     // A managed Queue: the operator (run here; the chart's pods run no
     // container under kwok) creates the StatefulSet, whose controller creates
     // the Redis pod through the same admission.
     let _operator = Operator::start(ns, &[]);
-    env.api::<Queue>()
-        .create(
-            &PostParams::default(),
-            &queue("cache", json!({"broker": {"managed": {"appendfsync": "everysec"}}})),
-        )
-        .await
-        .unwrap();
+    env.create(&queue(
+        "cache",
+        json!({"broker": {"managed": {"appendfsync": "everysec"}}}),
+    ))
+    .await;
     // The pod exists only if admission let it in; kwok then makes it Running.
-    let deadline = std::time::Instant::now() + support::TIMEOUT;
-    loop {
-        let phase = env.kubectl(&["get", "pod", "cache-redis-0", "-o", "jsonpath={.status.phase}"]);
-        if String::from_utf8_lossy(&phase.stdout) == "Running" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the managed Redis pod never ran; events:\n{}",
-            env.kubectl_ok(&["get", "events"])
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let running = |p: Option<&Pod>| p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Running");
+    let ran = tokio::time::timeout(TIMEOUT, await_condition(env.api(), "cache-redis-0", running)).await;
+    assert!(
+        matches!(ran, Ok(Ok(_))),
+        "the managed Redis pod never ran; events:\n{}",
+        env.kubectl_ok(&["get", "events"])
+    );
 
     let failed = env.kubectl_ok(&[
         "get",

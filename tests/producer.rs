@@ -1,21 +1,16 @@
 //! `streamq publish` and `streamq::producer::Producer` against the real redis-server.
 
-mod worker_support;
+mod support;
 
 use std::collections::HashMap;
 
 use streamq::producer::{NewMessage, Producer, ProducerError};
-use worker_support::*;
+use support::{redis_queue::*, *};
 
 type Entries = Vec<(String, HashMap<String, String>)>;
 
 async fn entries(stream: &str) -> Entries {
-    let mut conn = admin().await;
-    cmd(&mut conn, &["XRANGE", stream, "-", "+"]).await
-}
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cmd(&mut admin().await, &["XRANGE", stream, "-", "+"]).await
 }
 
 #[tokio::test]
@@ -31,9 +26,9 @@ async fn publishes_stdin_lines_with_headers() {
         &env,
         Some(b"one\ntwo\r\n\nthree"),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout(&out).contains("published 4 messages"), "{}", stdout(&out));
-    assert!(stdout(&out).contains("msg/s"), "{}", stdout(&out));
+    let stdout = stdout_ok("streamq publish", out);
+    assert!(stdout.contains("published 4 messages"), "{stdout}");
+    assert!(stdout.contains("msg/s"), "{stdout}");
     let got = entries(&q.stream).await;
     let data: Vec<&str> = got.iter().map(|(_, f)| f["data"].as_str()).collect();
     assert_eq!(data, ["one", "two", "", "three"]);
@@ -44,34 +39,24 @@ async fn publishes_stdin_lines_with_headers() {
 async fn publishes_data_argument_and_file() {
     let q = TestQueue::new("pub-arg").await;
     let url = redis_url();
-    let out = run_streamq(
-        &["publish", "--url", &url, "--stream", &q.stream, "single message"],
-        &[],
-        None,
+    let stdout = stdout_ok(
+        "streamq publish",
+        publish(&url, &q.stream, &["single message"], &[], None),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout(&out).contains("published 1 messages"), "{}", stdout(&out));
+    assert!(stdout.contains("published 1 messages"), "{stdout}");
 
     let file = q.file("input.txt");
     let lines: String = (0..2500).map(|i| format!("line {i}\n")).collect();
     std::fs::write(&file, lines).unwrap();
-    let out = run_streamq(
-        &[
-            "publish",
-            "--url",
-            &url,
-            "--stream",
-            &q.stream,
-            "--batch",
-            "1000",
-            "--file",
-            file.to_str().unwrap(),
-        ],
+    let out = publish(
+        &url,
+        &q.stream,
+        &["--batch", "1000", "--file", file.to_str().unwrap()],
         &[],
         None,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout(&out).contains("published 2500 messages"), "{}", stdout(&out));
+    let stdout = stdout_ok("streamq publish", out);
+    assert!(stdout.contains("published 2500 messages"), "{stdout}");
     let got = entries(&q.stream).await;
     assert_eq!(got.len(), 2501);
     assert_eq!(got[0].1["data"], "single message");
@@ -87,50 +72,24 @@ async fn failed_xadd_exits_non_zero_and_says_how_many_went_in() {
     let key = q.stream.clone() + "-string";
     let mut conn = admin().await;
     let _: () = cmd(&mut conn, &["SET", &key, "not a stream"]).await;
-    let out = run_streamq(
-        &["publish", "--url", &url, "--stream", &key, "-"],
-        &[],
-        Some(b"a\nb\nc\n"),
-    );
+    let out = publish(&url, &key, &["-"], &[], Some(b"a\nb\nc\n"));
     assert_clean_failure(&out, "0 messages went in, 3 failed");
     assert_clean_failure(&out, "WRONGTYPE");
     let _: () = cmd(&mut conn, &["DEL", &key]).await;
 
     // The consumer user may not XADD to the main stream.
-    let out = run_streamq(
-        &["publish", "--url", &q.consumer_url, "--stream", &q.stream, "x"],
-        &[],
-        None,
-    );
+    let out = publish(&q.consumer_url, &q.stream, &["x"], &[], None);
     assert_clean_failure(&out, "0 of 1 messages published");
     assert_clean_failure(&out, "NoPerm");
     assert!(entries(&q.stream).await.is_empty());
 
-    let out = run_streamq(
-        &[
-            "publish", "--url", &url, "--stream", &q.stream, "--header", "data=x", "y",
-        ],
-        &[],
-        None,
-    );
+    let out = publish(&url, &q.stream, &["--header", "data=x", "y"], &[], None);
     assert_clean_failure(&out, "invalid header");
 
-    let out = run_streamq(&["publish", "--url", "nope", "--stream", &q.stream, "y"], &[], None);
+    let out = publish("nope", &q.stream, &["y"], &[], None);
     assert_clean_failure(&out, "invalid Redis URL");
 
-    let out = run_streamq(
-        &[
-            "publish",
-            "--url",
-            &url,
-            "--stream",
-            &q.stream,
-            "--file",
-            "/no/such/file",
-        ],
-        &[],
-        None,
-    );
+    let out = publish(&url, &q.stream, &["--file", "/no/such/file"], &[], None);
     assert_clean_failure(&out, "cannot open --file");
 }
 

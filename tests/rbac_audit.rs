@@ -9,20 +9,15 @@ mod support;
 use std::{collections::BTreeSet, time::Duration};
 
 use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use serde_json::json;
-use streamq::api::{ConditionStatus, Consumer, Queue};
+use streamq::api::{Consumer, Queue};
 use support::{
-    Operator, TestEnv,
-    chart::{Access, Release, audit_log, service_account_kubeconfig},
-    external_queue, queue, wait_for, wait_for_within,
+    audit::{Access, audit_log},
+    chart::{Release, service_account_kubeconfig},
+    redis_server::{RedisServer, managed_redis_conf},
+    *,
 };
-
-fn ready(conditions: &[streamq::api::Condition]) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True)
-}
 
 /// Grants that no API request exercises, each with the reason it stays.
 /// Nothing else may be granted without being used.
@@ -43,15 +38,6 @@ const NOT_REQUESTS: &[(&str, &str, &str, &str, &str)] = &[
     ),
 ];
 
-struct RedisServer(std::process::Child);
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_chart_grants_exactly_what_the_operator_uses_end_to_end() {
     let env = TestEnv::new("rbac").await;
@@ -65,7 +51,7 @@ async fn the_chart_grants_exactly_what_the_operator_uses_end_to_end() {
 
     // The managed Queue's Redis, played by a local redis-server started from
     // the generated redis.conf, reached through the development-only mapping.
-    let port = support::free_port();
+    let port = free_port();
     let mapping = format!("{ns}/cache=127.0.0.1:{port}");
     let operator = Operator::start_with(
         &ns,
@@ -80,114 +66,39 @@ async fn the_chart_grants_exactly_what_the_operator_uses_end_to_end() {
     );
 
     let queues = env.api::<Queue>();
-    queues
-        .create(
-            &PostParams::default(),
-            &queue("cache", json!({"broker": {"managed": {"appendfsync": "always"}}})),
-        )
-        .await
-        .unwrap();
+    env.create(&queue(
+        "cache",
+        json!({"broker": {"managed": {"appendfsync": "always"}}}),
+    ))
+    .await;
     env.create_admin_secret().await;
-    queues
-        .create(&PostParams::default(), &external_queue("jobs", json!({})))
-        .await
-        .unwrap();
-
-    let deadline = std::time::Instant::now() + support::TIMEOUT;
-    let conf = loop {
-        let out = env.kubectl(&[
-            "get",
-            "configmap",
-            "cache-redis-config",
-            "-o",
-            "jsonpath={.data.redis\\.conf}",
-        ]);
-        if out.status.success() && !out.stdout.is_empty() {
-            break String::from_utf8(out.stdout).unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no redis.conf; operator log:\n{}",
-            operator.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let dir = std::env::temp_dir().join(format!("redis-{ns}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf_path = dir.join("redis.conf");
-    std::fs::write(&conf_path, conf.replace("dir /data", &format!("dir {}", dir.display()))).unwrap();
-    let _redis = RedisServer(
-        std::process::Command::new("redis-server")
-            .arg(&conf_path)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start redis-server"),
-    );
+    env.create(&external_queue("jobs", json!({}))).await;
+    let conf = managed_redis_conf(&env, "cache").await;
+    let _redis = RedisServer::stand_in(&ns, &conf, port);
     for name in ["cache", "jobs"] {
-        wait_for(&queues, name, "Ready", |q: &Queue| {
-            q.status.as_ref().is_some_and(|s| ready(&s.conditions))
-        })
-        .await;
+        wait_ready(&queues, name).await;
     }
 
     // An autoscaled Consumer, a burst that scales it up, the workers (played
     // here) drain it, and it scales back down, marking pods by deletion cost.
     let consumers = env.api::<Consumer>();
-    let consumer: Consumer = serde_json::from_value(json!({
-        "apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer", "metadata": {"name": "workers"},
-        "spec": {"queueRef": {"name": "jobs"},
-                 "autoscaling": {"minReplicas": 1, "maxReplicas": 4, "targetLatency": "10s", "processingTime": "1s", "scaleDownDelay": "2s"},
-                 "template": {"spec": {"containers": [{"name": "w", "image": "example.com/w:1"}]}}},
-    }))
-    .unwrap();
-    consumers.create(&PostParams::default(), &consumer).await.unwrap();
-    wait_for(&consumers, "workers", "Ready", |c: &Consumer| {
-        c.status.as_ref().is_some_and(|s| ready(&s.conditions))
-    })
+    env.create(&consumer(
+        "workers",
+        "jobs",
+        json!({"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "targetLatency": "10s",
+                               "processingTime": "1s", "scaleDownDelay": "2s"}}),
+    ))
     .await;
+    wait_ready(&consumers, "workers").await;
     let deployments = env.api::<Deployment>();
-    let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
     wait_for(&deployments, "workers", "minReplicas", |d| replicas(d) == 1).await;
     let stream = format!("streamq:{{{ns}.jobs}}");
     let mut redis = env.redis().await;
-    let mut pipe = redis::pipe();
-    for i in 0..400 {
-        pipe.cmd("XADD").arg(&stream).arg("*").arg("data").arg(i).ignore();
-    }
-    let _: () = pipe.query_async(&mut redis).await.unwrap();
+    xadd_n(&mut redis, &stream, 400).await;
     wait_for(&deployments, "workers", "scaled up by the burst", |d| replicas(d) > 1).await;
     // Every worker pod Running, so scale-down has pods to rank.
     env.kubectl_ok(&["rollout", "status", "deployment/workers", "--timeout=120s"]);
-    loop {
-        let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("workers")
-            .arg("test-worker")
-            .arg("COUNT")
-            .arg(1000)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(">")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let ids: Vec<String> = read
-            .keys
-            .iter()
-            .flat_map(|k| k.ids.iter().map(|e| e.id.clone()))
-            .collect();
-        if ids.is_empty() {
-            break;
-        }
-        let _: i64 = redis::cmd("XACK")
-            .arg(&stream)
-            .arg("workers")
-            .arg(&ids)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-    }
+    read_and_ack_all(&mut redis, &stream, "workers", "test-worker").await;
     wait_for_within(
         &deployments,
         "workers",
@@ -203,11 +114,7 @@ async fn the_chart_grants_exactly_what_the_operator_uses_end_to_end() {
         queues.delete(name, &DeleteParams::default()).await.unwrap();
     }
     for name in ["cache", "jobs"] {
-        let deadline = std::time::Instant::now() + support::TIMEOUT;
-        while queues.get_opt(name).await.unwrap().is_some() {
-            assert!(std::time::Instant::now() < deadline, "Queue {name} never went away");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_deleted(&queues, name).await;
     }
     let logs = operator.logs();
     assert!(operator.terminate(Duration::from_secs(30)).await.success());

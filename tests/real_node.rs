@@ -286,17 +286,13 @@ async fn examples_as_written_and_a_graceful_scale_down() {
         .await
         .unwrap();
     // A pod killed with work in hand would leave it pending for the 5-minute visibility timeout.
-    wait_for_within(
-        &consumers,
-        "slow",
-        "drained after the scale-down",
-        Duration::from_secs(120),
-        |c| {
-            c.status
-                .as_ref()
-                .is_some_and(|s| s.lag == Some(0) && s.pending == Some(0) && s.replicas == Some(1))
-        },
-    )
+    wait_for_within(&deployments, "slow", "scaled to 1", POD_TIMEOUT, |d| {
+        d.status.as_ref().and_then(|s| s.replicas) == Some(1)
+    })
+    .await;
+    wait_group(&env, &stream, "slow", "drained after the scale-down", |lag, pending| {
+        lag == 0 && pending == 0
+    })
     .await;
     assert_eq!(redis_group_entries_read(&env, &stream, "slow").await, 12);
     let dead = redis_admin(&env, &["XLEN", &format!("{stream}:dlq")]).await;

@@ -5,9 +5,7 @@
 
 mod support;
 
-use kube::api::PostParams;
-use streamq::api::Queue;
-use support::{hardening::*, *};
+use support::*;
 
 /// Commands that only an administrator may run. FLUSHALL is sent for real
 /// only after `ACL DRYRUN` has shown it would be refused: this test must not
@@ -22,30 +20,23 @@ const ADMIN_COMMANDS: &[&[&str]] = &[
 ];
 
 /// Every command a user could try on someone else's key, with its arguments.
-fn attempts_on(key: &str) -> Vec<Vec<String>> {
-    [
-        vec![
-            "XREADGROUP",
-            "GROUP",
-            "g",
-            "intruder",
-            "COUNT",
-            "1",
-            "STREAMS",
-            key,
-            ">",
-        ],
-        vec![
-            "XREADGROUP",
-            "GROUP",
-            "g",
-            "intruder",
-            "COUNT",
-            "1",
-            "STREAMS",
-            key,
-            "0",
-        ],
+fn attempts_on(key: &str) -> Vec<Vec<&str>> {
+    let mut all: Vec<Vec<&str>> = [">", "0"]
+        .map(|from| {
+            vec![
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "intruder",
+                "COUNT",
+                "1",
+                "STREAMS",
+                key,
+                from,
+            ]
+        })
+        .into();
+    all.extend([
         vec!["XACK", key, "g", "0-1"],
         vec!["XADD", key, "*", "data", "intruder"],
         vec!["XRANGE", key, "-", "+"],
@@ -60,24 +51,8 @@ fn attempts_on(key: &str) -> Vec<Vec<String>> {
         vec!["HGETALL", key],
         vec!["HINCRBY", key, "processed:intruder", "1"],
         vec!["HSET", key, "busy_us:intruder", "1"],
-    ]
-    .into_iter()
-    .map(|c| c.into_iter().map(String::from).collect())
-    .collect()
-}
-
-async fn try_cmd(
-    conn: &mut ::redis::aio::MultiplexedConnection,
-    args: &[String],
-) -> ::redis::RedisResult<::redis::Value> {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(conn, &args).await
-}
-
-/// The user name in a credentials URL, for ACL DRYRUN.
-fn user_of(url: &str) -> String {
-    let rest = url.split_once("://").unwrap().1;
-    rest.split_once(':').unwrap().0.to_owned()
+    ]);
+    all
 }
 
 /// What the admin sees of a Queue's keys: stream and dead-letter lengths,
@@ -91,7 +66,7 @@ async fn footprint(admin: &mut ::redis::aio::MultiplexedConnection, q: &QueueCre
         vec!["HGETALL", &q.stats("g")],
         vec!["TYPE", &q.stats("g")],
     ] {
-        out.push(format!("{:?}", run(admin, &args).await.unwrap()));
+        out.push(format!("{:?}", try_cmd(admin, &args).await.unwrap()));
     }
     out
 }
@@ -101,15 +76,11 @@ async fn each_queues_credentials_reach_only_their_own_keys() {
     let env = TestEnv::new("acl-iso").await;
     let _op = env.start_operator();
     env.create_admin_secret().await;
-    let queues = env.api::<Queue>();
     for name in ["a", "b"] {
-        queues
-            .create(&PostParams::default(), &external_queue(name, serde_json::json!({})))
-            .await
-            .unwrap();
+        env.create(&external_queue(name, serde_json::json!({}))).await;
     }
-    wait_queue_ready(&env, "a").await;
-    wait_queue_ready(&env, "b").await;
+    wait_provisioned(&env, "a").await;
+    wait_provisioned(&env, "b").await;
     let a = QueueCredentials::read(&env, "a").await;
     let b = QueueCredentials::read(&env, "b").await;
     assert_ne!(a.stream, b.stream);
@@ -118,22 +89,24 @@ async fn each_queues_credentials_reach_only_their_own_keys() {
     // dead letter and a stats hash, so every refused command has something to hit.
     let mut admin = env.redis().await;
     for q in [&a, &b] {
-        run(&mut admin, &["XGROUP", "CREATE", &q.stream, "g", "0"])
+        try_cmd(&mut admin, &["XGROUP", "CREATE", &q.stream, "g", "0"])
             .await
             .unwrap();
-        run(&mut admin, &["XADD", &q.stream, "*", "data", "m"]).await.unwrap();
+        try_cmd(&mut admin, &["XADD", &q.stream, "*", "data", "m"])
+            .await
+            .unwrap();
     }
-    run(&mut admin, &["XADD", &b.dead_letter, "*", "data", "dead"])
+    try_cmd(&mut admin, &["XADD", &b.dead_letter, "*", "data", "dead"])
         .await
         .unwrap();
-    run(&mut admin, &["HSET", &b.stats("g"), "processed:w", "7"])
+    try_cmd(&mut admin, &["HSET", &b.stats("g"), "processed:w", "7"])
         .await
         .unwrap();
     let b_before = footprint(&mut admin, &b).await;
 
     // A's consumer on A's keys: everything a worker does works.
     let mut consumer = connect(&a.consumer_url).await;
-    let read = run(
+    let read = try_cmd(
         &mut consumer,
         &[
             "XREADGROUP",
@@ -166,10 +139,10 @@ async fn each_queues_credentials_reach_only_their_own_keys() {
         (vec!["HSET", &a.stats("g"), "busy_us:w1", "5"], "HSET on A's stats"),
         (vec!["HGETALL", &a.stats("g")], "HGETALL on A's stats"),
     ] {
-        assert_allowed(&run(&mut consumer, &args).await, &format!("A consumer: {what}"));
+        assert_allowed(&try_cmd(&mut consumer, &args).await, &format!("A consumer: {what}"));
     }
     assert_eq!(
-        run(&mut admin, &["XLEN", &a.dead_letter]).await.unwrap(),
+        try_cmd(&mut admin, &["XLEN", &a.dead_letter]).await.unwrap(),
         ::redis::Value::Int(1),
         "A's consumer dead-lettered into A's dead-letter stream"
     );
@@ -195,13 +168,13 @@ async fn each_queues_credentials_reach_only_their_own_keys() {
         vec!["XGROUP", "DESTROY", &a.stream, "g"],
         vec!["EVAL", "return redis.call('DEL', KEYS[1])", "1", &a.stream],
     ] {
-        assert_noperm(&run(&mut consumer, &args).await, &format!("A consumer: {args:?}"));
+        assert_noperm(&try_cmd(&mut consumer, &args).await, &format!("A consumer: {args:?}"));
     }
 
     // A's producer: XADD to A's stream, nothing else.
     let mut producer = connect(&a.producer_url).await;
     assert_allowed(
-        &run(&mut producer, &["XADD", &a.stream, "*", "data", "p"]).await,
+        &try_cmd(&mut producer, &["XADD", &a.stream, "*", "data", "p"]).await,
         "A producer: XADD on A's stream",
     );
     for args in [
@@ -214,7 +187,7 @@ async fn each_queues_credentials_reach_only_their_own_keys() {
         vec!["XADD", &a.dead_letter, "*", "data", "x"],
         vec!["DEL", &a.stream],
     ] {
-        assert_noperm(&run(&mut producer, &args).await, &format!("A producer: {args:?}"));
+        assert_noperm(&try_cmd(&mut producer, &args).await, &format!("A producer: {args:?}"));
     }
     for key in [&b.stream, &b.dead_letter, &b.stats("g")] {
         for args in attempts_on(key) {
@@ -228,10 +201,10 @@ async fn each_queues_credentials_reach_only_their_own_keys() {
         ("producer", &a.producer_url, &mut producer),
     ] {
         for args in ADMIN_COMMANDS {
-            let user = user_of(url);
+            let user = url_user(url).unwrap();
             let mut dry = vec!["ACL", "DRYRUN", user.as_str()];
             dry.extend_from_slice(args);
-            let verdict = run(&mut admin, &dry).await.unwrap();
+            let verdict = try_cmd(&mut admin, &dry).await.unwrap();
             let verdict = match verdict {
                 ::redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
                 other => format!("{other:?}"),
@@ -240,7 +213,7 @@ async fn each_queues_credentials_reach_only_their_own_keys() {
                 verdict.contains("no permissions"),
                 "ACL DRYRUN says A's {role} could run {args:?}: {verdict}; not sending it"
             );
-            assert_noperm(&run(conn, args).await, &format!("A {role}: {args:?}"));
+            assert_noperm(&try_cmd(conn, args).await, &format!("A {role}: {args:?}"));
         }
     }
 

@@ -12,17 +12,10 @@
 
 mod support;
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::PostParams;
 use serde_json::json;
-use streamq::api::{Consumer, Queue};
-use support::{hardening::*, *};
+use support::{redis_server::RedisServer, *};
 
 /// A CA and a server certificate for 127.0.0.1/localhost, made with openssl in `dir`.
 fn make_certificates(dir: &Path) {
@@ -33,12 +26,7 @@ fn make_certificates(dir: &Path) {
             .current_dir(dir)
             .output()
             .expect("run sh");
-        assert!(
-            out.status.success(),
-            "openssl failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        stdout_ok("openssl", out);
     };
     sh("openssl req -x509 -new -nodes -newkey rsa:2048 -sha256 -days 2 \
           -subj '/CN=streamq test CA' -keyout ca.key -out ca.crt 2>/dev/null
@@ -51,36 +39,47 @@ keyUsage=digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth\\n' > se
         chmod 600 server.key");
 }
 
-/// A private redis-server with TLS only; killed on drop.
+/// A private redis-server with TLS only.
 struct TlsRedis {
-    child: Child,
+    server: RedisServer,
     port: u16,
     password: String,
-    dir: PathBuf,
 }
 
 impl TlsRedis {
     fn start(dir: &Path) -> Self {
         let port = free_port();
         let password = format!("tls-admin-{}", unique_name("pw"));
-        let log = std::fs::File::create(dir.join("redis.log")).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--bind", "127.0.0.1"])
-            .args(["--tls-port", &port.to_string()])
-            .args(["--tls-cert-file", "server.crt", "--tls-key-file", "server.key"])
-            .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
-            .args(["--requirepass", &password, "--save", "", "--appendonly", "no"])
-            .args(["--dir", dir.to_str().unwrap()])
-            .current_dir(dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start redis-server");
+        let args = [
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            "server.crt",
+            "--tls-key-file",
+            "server.key",
+            "--tls-ca-cert-file",
+            "ca.crt",
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            &password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
         Self {
-            child,
+            server: RedisServer::start(dir.to_owned(), args),
             port,
             password,
-            dir: dir.to_owned(),
         }
     }
 
@@ -88,15 +87,11 @@ impl TlsRedis {
         format!("rediss://default:{}@127.0.0.1:{}/0", self.password, self.port)
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
-    }
-
     /// An admin connection over TLS, trusting exactly the test CA through
     /// redis's `TlsCertificates` (the test process's own trust store stays untouched).
     async fn admin(&self) -> ::redis::RedisResult<::redis::aio::MultiplexedConnection> {
         streamq::redis::install_tls_provider();
-        let ca = std::fs::read(self.dir.join("ca.crt")).unwrap();
+        let ca = std::fs::read(self.server.dir.join("ca.crt")).unwrap();
         let client = ::redis::Client::build_with_tls(
             self.url(),
             ::redis::TlsCertificates {
@@ -104,66 +99,16 @@ impl TlsRedis {
                 root_cert: Some(ca),
             },
         )?;
-        let config = ::redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(10)));
-        client.get_multiplexed_async_connection_with_config(&config).await
+        client
+            .get_multiplexed_async_connection_with_config(&patient_redis())
+            .await
     }
 }
 
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- private redis-server log ---\n{}", self.log());
-        }
-    }
-}
-
-fn streamq(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamq"));
-    cmd.args(args)
-        .env_remove("STREAMQ_REDIS_URL")
-        .env_remove("SSL_CERT_FILE")
-        .env_remove("SSL_CERT_DIR")
-        .env("NO_COLOR", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-fn publish(url: &str, stream: &str, messages: usize, env: &[(&str, &str)]) -> std::process::Output {
-    use std::io::Write;
-    let mut child = streamq(&["publish", "--url", url, "--stream", stream, "-"], env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn streamq publish");
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for i in 0..messages {
-            writeln!(stdin, "tls message {i}").unwrap();
-        }
-    }
-    child.wait_with_output().unwrap()
-}
-
-async fn int_field(conn: &mut ::redis::aio::MultiplexedConnection, args: &[&str], field: &str) -> i64 {
-    let groups: Vec<std::collections::HashMap<String, ::redis::Value>> = {
-        let mut c = ::redis::cmd(args[0]);
-        for a in &args[1..] {
-            c.arg(*a);
-        }
-        c.query_async(conn).await.unwrap()
-    };
-    groups
-        .first()
-        .and_then(|g| g.get(field))
-        .and_then(|v| ::redis::from_redis_value::<i64>(v.clone()).ok())
-        .unwrap_or(-1)
+/// `streamq publish` of `messages` lines to `stream`.
+fn publish_lines(url: &str, stream: &str, messages: usize, env: &[(&str, &str)]) -> std::process::Output {
+    let lines: String = (0..messages).map(|i| format!("tls message {i}\n")).collect();
+    publish(url, stream, &["-"], env, Some(lines.as_bytes()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,27 +121,18 @@ async fn rediss_queue_provisions_and_carries_messages_over_tls_only() {
     let redis = TlsRedis::start(&dir);
 
     // The server is up once a verified TLS connection answers PING.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut admin = loop {
-        let error = match redis.admin().await {
-            Ok(mut conn) => match run(&mut conn, &["PING"]).await {
-                Ok(_) => break conn,
-                Err(e) => e,
-            },
-            Err(e) => e,
-        };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the TLS redis-server never answered: {error}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut admin = poll(Duration::from_secs(20), "the TLS redis-server to answer", || async {
+        let mut conn = redis.admin().await.map_err(|e| e.to_string())?;
+        try_cmd(&mut conn, &["PING"]).await.map_err(|e| e.to_string())?;
+        Ok(conn)
+    })
+    .await;
     // TLS only: nothing answers plain RESP on that port, and there is no plain port.
     let plain = format!("redis://default:{}@127.0.0.1:{}/0", redis.password, redis.port);
     let plain_client = ::redis::Client::open(plain.as_str()).unwrap();
     let plain_attempt = tokio::time::timeout(Duration::from_secs(10), async {
         let mut c = plain_client.get_multiplexed_async_connection().await?;
-        run(&mut c, &["PING"]).await
+        try_cmd(&mut c, &["PING"]).await
     })
     .await;
     assert!(
@@ -213,16 +149,10 @@ async fn rediss_queue_provisions_and_carries_messages_over_tls_only() {
 
     let env = TestEnv::new("tls").await;
     let _op = Operator::start(&env.namespace, &[("SSL_CERT_FILE", ca)]);
-    env.api::<Secret>()
-        .create(&PostParams::default(), &secret("redis-admin", "url", &redis.url()))
-        .await
-        .unwrap();
-    env.api::<Queue>()
-        .create(&PostParams::default(), &external_queue("secure", json!({})))
-        .await
-        .unwrap();
-    let q = wait_queue_ready(&env, "secure").await;
-    let ready = queue_condition(&q, "Ready").unwrap();
+    env.create_admin_secret_for(&redis.url()).await;
+    env.create(&external_queue("secure", json!({}))).await;
+    let q = wait_provisioned(&env, "secure").await;
+    let ready = q.condition("Ready").unwrap();
     assert!(
         ready.message.contains(&format!("127.0.0.1:{}", redis.port)),
         "provisioned on the TLS server: {}",
@@ -234,47 +164,26 @@ async fn rediss_queue_provisions_and_carries_messages_over_tls_only() {
     }
     // Provisioned over TLS: the stream, the dead-letter stream and both users exist there.
     for key in [&creds.stream, &creds.dead_letter] {
-        let kind = run(&mut admin, &["TYPE", key]).await.unwrap();
+        let kind = try_cmd(&mut admin, &["TYPE", key]).await.unwrap();
         assert_eq!(kind, ::redis::Value::SimpleString("stream".into()), "{key}");
     }
     for role in ["producer", "consumer"] {
         let user = format!("streamq.{}.secure.{role}", env.namespace);
-        let found = run(&mut admin, &["ACL", "GETUSER", &user]).await.unwrap();
+        let found = try_cmd(&mut admin, &["ACL", "GETUSER", &user]).await.unwrap();
         assert_ne!(found, ::redis::Value::Nil, "ACL user {user} on the TLS server");
     }
 
     // A Consumer: the operator creates its group over TLS.
-    let consumer: Consumer = serde_json::from_value(json!({
-        "apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer",
-        "metadata": {"name": "workers"},
-        "spec": {"queueRef": {"name": "secure"}, "replicas": 0,
-                 "template": {"spec": {"containers": [{"name": "w", "image": "example.com/w:1"}]}}},
-    }))
-    .unwrap();
-    env.api::<Consumer>()
-        .create(&PostParams::default(), &consumer)
-        .await
-        .unwrap();
-    poll(TIMEOUT, "the group `workers` on the TLS server", || {
+    env.create(&consumer("workers", "secure", json!({"replicas": 0}))).await;
+    wait_until(TIMEOUT, "the group `workers` on the TLS server", || {
         let mut admin = admin.clone();
         let stream = creds.stream.clone();
-        async move {
-            let groups: ::redis::RedisResult<Vec<std::collections::HashMap<String, ::redis::Value>>> =
-                ::redis::cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(&stream)
-                    .query_async(&mut admin)
-                    .await;
-            groups.is_ok_and(|g| {
-                g.iter()
-                    .any(|g| g.get("name") == Some(&::redis::Value::BulkString(b"workers".to_vec())))
-            })
-        }
+        async move { group_info(&mut admin, &stream, "workers").await.is_some() }
     })
     .await;
 
     // Without the CA the certificate is refused: verification is real.
-    let untrusted = publish(&creds.producer_url, &creds.stream, 1, &[]);
+    let untrusted = publish_lines(&creds.producer_url, &creds.stream, 1, &[]);
     assert!(
         !untrusted.status.success(),
         "publishing without trusting the CA must fail"
@@ -284,20 +193,15 @@ async fn rediss_queue_provisions_and_carries_messages_over_tls_only() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     // With the CA: 200 messages in as the producer, all processed by the worker as the consumer.
-    let out = publish(&creds.producer_url, &creds.stream, 200, &[("SSL_CERT_FILE", ca)]);
-    assert!(
-        out.status.success(),
-        "publish over TLS failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = publish_lines(&creds.producer_url, &creds.stream, 200, &[("SSL_CERT_FILE", ca)]);
+    stdout_ok("streamq publish over TLS", out);
     assert_eq!(
-        run(&mut admin, &["XLEN", &creds.stream]).await.unwrap(),
+        try_cmd(&mut admin, &["XLEN", &creds.stream]).await.unwrap(),
         ::redis::Value::Int(200)
     );
     let worker_log = dir.join("worker.log");
-    let mut worker = streamq(
-        &["worker", "--", "sh", "-c", "cat > /dev/null"],
-        &[
+    let mut worker = streamq_cmd(&["worker", "--", "sh", "-c", "cat > /dev/null"])
+        .envs([
             ("SSL_CERT_FILE", ca),
             ("STREAMQ_REDIS_URL", &creds.consumer_url),
             ("STREAMQ_STREAM", &creds.stream),
@@ -305,23 +209,12 @@ async fn rediss_queue_provisions_and_carries_messages_over_tls_only() {
             ("STREAMQ_CONSUMER", "tls-w1"),
             ("STREAMQ_CONCURRENCY", "8"),
             ("STREAMQ_DEAD_LETTER_STREAM", &creds.dead_letter),
-        ],
-    )
-    .stdout(std::fs::File::create(&worker_log).unwrap())
-    .stderr(std::fs::File::create(dir.join("worker.err")).unwrap())
-    .spawn()
-    .expect("spawn streamq worker");
-    let stream = creds.stream.clone();
-    poll(TIMEOUT, "the worker to drain the stream over TLS", || {
-        let mut admin = admin.clone();
-        let stream = stream.clone();
-        async move {
-            let lag = int_field(&mut admin, &["XINFO", "GROUPS", &stream], "lag").await;
-            let pending = int_field(&mut admin, &["XINFO", "GROUPS", &stream], "pending").await;
-            lag == 0 && pending == 0
-        }
-    })
-    .await;
+        ])
+        .stdout(std::fs::File::create(&worker_log).unwrap())
+        .stderr(std::fs::File::create(dir.join("worker.err")).unwrap())
+        .spawn()
+        .expect("spawn streamq worker");
+    wait_drained_on(&admin, &creds.stream, "workers", TIMEOUT).await;
     signal(worker.id(), "TERM");
     let status = worker.wait().unwrap();
     assert!(
@@ -337,5 +230,4 @@ async fn rediss_queue_provisions_and_carries_messages_over_tls_only() {
         .unwrap();
     assert_eq!(processed, Some(200), "every message processed and accounted over TLS");
     drop(redis);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,11 +18,11 @@ use k8s_openapi::{
 };
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use serde_json::json;
 use streamq::api::{ConditionStatus, Consumer, Queue};
-use support::{hardening::*, *};
+use support::{redis_server::RedisServer, *};
 
 /// Every spelling of `value` a leak could take.
 fn spellings(value: &str) -> Vec<String> {
@@ -54,13 +54,6 @@ fn spellings(value: &str) -> Vec<String> {
     all
 }
 
-/// The password in a `redis[s]://user:password@host` URL.
-fn url_password(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let userinfo = rest.rsplit_once('@')?.0;
-    Some(userinfo.split_once(':')?.1.to_owned())
-}
-
 /// Every secret value of every Secret in the namespace: passwords, and URLs with their passwords.
 async fn secret_values(env: &TestEnv) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
@@ -78,16 +71,6 @@ async fn secret_values(env: &TestEnv) -> BTreeSet<String> {
     found
 }
 
-async fn wait_no_queue(env: &TestEnv, name: &str) {
-    let api = env.api::<Queue>();
-    poll(TIMEOUT, &format!("Queue {name} gone"), || {
-        let api = api.clone();
-        let name = name.to_owned();
-        async move { api.get_opt(&name).await.unwrap().is_none() }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_credential_reaches_logs_events_or_status() {
     let env = TestEnv::new("leak").await;
@@ -100,15 +83,9 @@ async fn no_credential_reaches_logs_events_or_status() {
     // External Queue, first with an unparsable URL that holds a password.
     let unparsable_password = format!("unparsable-{}", unique_name("pw"));
     let unparsable = format!("redis://default:{unparsable_password}@127.0.0.1:notaport/0");
-    secrets
-        .create(&PostParams::default(), &secret("redis-admin", "url", &unparsable))
-        .await
-        .unwrap();
-    queues
-        .create(&PostParams::default(), &external_queue("ext", json!({})))
-        .await
-        .unwrap();
-    wait_queue(&env, "ext", "Degraded", ConditionStatus::True, "InvalidURL").await;
+    env.create_admin_secret_for(&unparsable).await;
+    env.create(&external_queue("ext", json!({}))).await;
+    wait_condition(&queues, "ext", "Degraded", ConditionStatus::True, "InvalidURL").await;
 
     // Then a well-formed URL with the wrong password.
     let admin_password = url_password(&env.redis_url).expect("the admin URL has a password");
@@ -125,72 +102,46 @@ async fn no_credential_reaches_logs_events_or_status() {
         }
     };
     set_url(wrong.clone()).await;
-    wait_queue(&env, "ext", "Degraded", ConditionStatus::True, "AuthenticationFailed").await;
+    wait_condition(
+        &queues,
+        "ext",
+        "Degraded",
+        ConditionStatus::True,
+        "AuthenticationFailed",
+    )
+    .await;
     // Fixed.
     set_url(env.redis_url.clone()).await;
-    wait_queue_ready(&env, "ext").await;
+    wait_provisioned(&env, "ext").await;
 
     // Managed Queue: waits for its Redis, which a local redis-server started
     // from the operator's own redis.conf then stands in for.
-    queues
-        .create(
-            &PostParams::default(),
-            &queue("managed", json!({"broker": {"managed": {}}})),
-        )
-        .await
-        .unwrap();
-    wait_queue(&env, "managed", "Ready", ConditionStatus::False, "WaitingForRedis").await;
+    env.create(&queue("managed", json!({"broker": {"managed": {}}}))).await;
+    wait_condition(&queues, "managed", "Ready", ConditionStatus::False, "WaitingForRedis").await;
     let conf_maps = env.api::<ConfigMap>();
     let conf = wait_for(&conf_maps, "managed-redis-config", "the redis.conf", |_| true)
         .await
         .data
         .unwrap()["redis.conf"]
         .clone();
-    let dir = std::env::temp_dir().join(format!("leak-{}", env.namespace));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("redis.conf"),
-        conf.replace("dir /data", &format!("dir {}", dir.display())),
-    )
-    .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _managed_redis = Kill(
-        std::process::Command::new("redis-server")
-            .arg(dir.join("redis.conf"))
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start redis-server"),
-    );
-    wait_queue_ready(&env, "managed").await;
+    let _managed_redis = RedisServer::stand_in(&env.namespace, &conf, port);
+    wait_provisioned(&env, "managed").await;
 
     // A Consumer with autoscaling on the external Queue, and some traffic.
-    let consumer: Consumer = serde_json::from_value(json!({
-        "apiVersion": "streamq.dev/v1alpha1", "kind": "Consumer",
-        "metadata": {"name": "workers"},
-        "spec": {"queueRef": {"name": "ext"},
-                 "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "targetLatency": "10s"},
-                 "template": {"spec": {"containers": [{"name": "w", "image": "example.com/w:1"}]}}},
-    }))
-    .unwrap();
+    env.create(&consumer(
+        "workers",
+        "ext",
+        json!({"autoscaling": {"minReplicas": 1, "maxReplicas": 2, "targetLatency": "10s"}}),
+    ))
+    .await;
     let consumers = env.api::<Consumer>();
-    consumers.create(&PostParams::default(), &consumer).await.unwrap();
     let creds = QueueCredentials::read(&env, "ext").await;
     let mut producer = connect(&creds.producer_url).await;
     for i in 0..20 {
-        run(&mut producer, &["XADD", &creds.stream, "*", "data", &format!("m{i}")])
-            .await
-            .unwrap();
+        let _: String = cmd(&mut producer, &["XADD", &creds.stream, "*", "data", &format!("m{i}")]).await;
     }
     wait_for(&consumers, "workers", "the Consumer sees the lag", |c: &Consumer| {
-        c.status.as_ref().and_then(|s| s.lag) == Some(20)
-            && consumer_condition(c, "Degraded").is_some_and(|d| d.status == ConditionStatus::False)
+        c.status.as_ref().and_then(|s| s.lag) == Some(20) && c.is("Degraded", ConditionStatus::False)
     })
     .await;
 
@@ -201,12 +152,12 @@ async fn no_credential_reaches_logs_events_or_status() {
     let stored = serde_json::to_string(&secrets.list(&ListParams::default()).await.unwrap().items).unwrap();
     for role in ["producer", "consumer"] {
         assert!(
-            sensitive.contains(&secret_text(&env, &format!("ext-{role}"), "password").await),
+            sensitive.contains(&env.secret_text(&format!("ext-{role}"), "password").await),
             "the {role} password is among the values searched for"
         );
     }
     assert!(
-        sensitive.contains(&secret_text(&env, "managed-redis-admin", "password").await),
+        sensitive.contains(&env.secret_text("managed-redis-admin", "password").await),
         "the managed admin password is among the values searched for"
     );
 
@@ -229,7 +180,7 @@ async fn no_credential_reaches_logs_events_or_status() {
     consumers.delete("workers", &DeleteParams::default()).await.unwrap();
     for name in ["ext", "managed"] {
         queues.delete(name, &DeleteParams::default()).await.unwrap();
-        wait_no_queue(&env, name).await;
+        wait_deleted(&queues, name).await;
     }
 
     // Then the log and every Event of the namespace.
@@ -264,5 +215,4 @@ async fn no_credential_reaches_logs_events_or_status() {
     // passwords, base64-encoded as Kubernetes stores Secret data.
     let producer_password = url_password(&creds.producer_url).unwrap();
     assert!(spellings(&producer_password).iter().any(|s| stored.contains(s)));
-    let _ = std::fs::remove_dir_all(&dir);
 }

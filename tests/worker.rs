@@ -1,18 +1,21 @@
 //! `streamq worker` and `streamq::worker::Worker` against the real
 //! redis-server. Worker processes connect as a consumer ACL user restricted
-//! the way the operator restricts it (see `TestQueue::new`).
+//! the way the operator restricts it (see `TestQueue::new`). Entries that
+//! `streamq publish` would never write are the `malformed` module's.
 
-mod worker_support;
+mod support;
+
+// A module of this binary rather than a binary of its own: linking is the slow part.
+#[path = "worker/malformed.rs"]
+mod malformed;
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use streamq::worker::{Message, Worker, WorkerConfig};
-use tokio_util::sync::CancellationToken;
-use worker_support::*;
+use support::{deliveries::Sink, redis_queue::*, *};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -53,28 +56,14 @@ async fn runs_command_per_message_with_env_and_stats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restricted_user_is_really_restricted() {
     let q = TestQueue::new("acl").await;
-    let client = ::redis::Client::open(q.consumer_url.as_str()).unwrap();
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&worker_support::patient_redis())
-        .await
-        .expect("the consumer user can log in");
-    let xrange: Result<::redis::Value, _> = ::redis::cmd("XRANGE")
-        .arg(&q.stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await;
-    assert_eq!(xrange.unwrap_err().code(), Some("NOPERM"));
-    let xadd: Result<String, _> = ::redis::cmd("XADD")
-        .arg(&q.stream)
-        .arg("*")
-        .arg("data")
-        .arg("x")
-        .query_async(&mut conn)
-        .await;
-    assert_eq!(xadd.unwrap_err().code(), Some("NOPERM"));
-    let eval: Result<::redis::Value, _> = ::redis::cmd("EVAL").arg("return 1").arg(0).query_async(&mut conn).await;
-    assert_eq!(eval.unwrap_err().code(), Some("NOPERM"));
+    let mut conn = connect(&q.consumer_url).await;
+    for args in [
+        vec!["XRANGE", &q.stream, "-", "+"],
+        vec!["XADD", &q.stream, "*", "data", "x"],
+        vec!["EVAL", "return 1", "0"],
+    ] {
+        assert_noperm(&try_cmd(&mut conn, &args).await, &format!("{args:?}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +266,7 @@ async fn bad_input_fails_clearly() {
     );
 
     let mut env = base(&redis_url());
-    env[1].1 = unique("missing-stream");
+    env[1].1 = unique_name("missing-stream");
     let out = run(env, &["--", "true"]);
     assert_clean_failure(&out, "does not exist");
 
@@ -384,14 +373,12 @@ async fn library_worker_retries_failed_message_in_process() {
             }
         })
     };
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
+    let worker = RunningWorker::start(worker);
     wait_until(T, "both acked", || async {
         q.pending().await == 0 && calls.lock().unwrap().len() == 3
     })
     .await;
-    stop.cancel();
-    let summary = run.await.unwrap().expect("worker ran");
+    let summary = worker.stop().await.expect("worker ran");
     assert_eq!(summary.acked, 2);
     assert_eq!(summary.failed, 1);
     assert_eq!(summary.reclaimed, 1);
@@ -431,8 +418,7 @@ async fn trimmed_pending_entry_is_acked_not_crashed_on() {
     config.visibility_timeout = Duration::from_millis(200);
     let worker = Worker::new(config, |_msg: Message| async { Ok::<(), String>(()) });
     let counters = worker.counters();
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
+    let worker = RunningWorker::start(worker);
     wait_until(T, "trimmed entry settled", || async {
         counters.trimmed.load(std::sync::atomic::Ordering::Relaxed) == 1 && q.pending().await == 0
     })
@@ -443,8 +429,7 @@ async fn trimmed_pending_entry_is_acked_not_crashed_on() {
         counters.acked.load(std::sync::atomic::Ordering::Relaxed) == 1
     })
     .await;
-    stop.cancel();
-    run.await.unwrap().expect("worker ran");
+    worker.stop().await.expect("worker ran");
 }
 
 /// At-least-once under crashes: 100,000 messages, 3 `streamq worker`
@@ -453,27 +438,9 @@ async fn trimmed_pending_entry_is_acked_not_crashed_on() {
 /// HTTP mode rather than exec: a process per message would take minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_under_crashes() {
-    use axum::{Router, http::HeaderMap, routing::post};
     const N: usize = 100_000;
     let q = TestQueue::new("crash").await;
-    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    let app = {
-        let seen = seen.clone();
-        Router::new().route(
-            "/",
-            post(move |headers: HeaderMap| {
-                let seen = seen.clone();
-                async move {
-                    let id = headers["x-streamq-message-id"].to_str().unwrap_or_default().to_owned();
-                    *seen.lock().unwrap().entry(id).or_default() += 1;
-                    "ok"
-                }
-            }),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sink = Sink::start(Duration::ZERO).await;
 
     // Publish with the producer library (admin user).
     let producer = streamq::producer::Producer::connect(&redis_url(), &q.stream)
@@ -491,7 +458,7 @@ async fn at_least_once_under_crashes() {
 
     let args = [
         "--http",
-        url.as_str(),
+        sink.url.as_str(),
         "--concurrency",
         "32",
         "--visibility-timeout-ms",
@@ -538,7 +505,7 @@ async fn at_least_once_under_crashes() {
     let elapsed = start.elapsed();
     drop(workers);
 
-    let seen = seen.lock().unwrap().clone();
+    let seen = sink.snapshot().handled;
     let dead: Vec<String> = q
         .dead_letters()
         .await
@@ -585,14 +552,12 @@ async fn library_handler_panic_fails_only_its_message() {
         }
         Ok::<(), String>(())
     });
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
+    let worker = RunningWorker::start(worker);
     wait_until(T, "one dead letter, nothing pending", || async {
         q.dead_letters().await.len() == 1 && q.pending().await == 0 && q.group_progress().await == (2, 0)
     })
     .await;
-    stop.cancel();
-    let summary = run.await.unwrap().expect("the worker survived the panic");
+    let summary = worker.stop().await.expect("the worker survived the panic");
     assert_eq!(
         (summary.acked, summary.failed, summary.dead_lettered),
         (1, 1, 1),

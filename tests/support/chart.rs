@@ -1,18 +1,20 @@
-//! The Helm chart in tests: install it (or only its RBAC), authenticate as its
-//! ServiceAccount with a TokenRequest token, and read what that account did
-//! from the apiserver's audit log.
+//! The Helm chart in tests: render it, install it (or only its RBAC), and
+//! authenticate as its ServiceAccount with a TokenRequest token.
 
 use std::{
     collections::BTreeSet,
-    io::BufRead,
     path::PathBuf,
     process::{Command, Output},
 };
 
-use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
-use super::{TestEnv, kubectl, kubectl_ok, repo_root};
+use super::{
+    audit::Access,
+    env::{TestEnv, repo_root},
+    kubectl::{kubectl, kubectl_ok},
+    process::stdout_ok,
+};
 
 pub fn helm(args: &[&str]) -> Output {
     Command::new("helm")
@@ -22,15 +24,9 @@ pub fn helm(args: &[&str]) -> Output {
         .expect("run helm (is tests/cluster/up's PATH exported?)")
 }
 
+/// Runs helm and fails the test unless it succeeds; returns its stdout.
 pub fn helm_ok(args: &[&str]) -> String {
-    let out = helm(args);
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    stdout_ok(&format!("helm {args:?}"), helm(args))
 }
 
 /// `helm template` of the chart, parsed: one JSON value per rendered object.
@@ -55,6 +51,7 @@ pub struct Release {
     /// `<release>-streamq`: the ClusterRole, and the ServiceAccount.
     pub fullname: String,
     extra_bindings: Vec<String>,
+    installed: bool,
 }
 
 impl Release {
@@ -79,6 +76,7 @@ impl Release {
             name,
             namespace: env.namespace.clone(),
             extra_bindings: vec![],
+            installed: true,
         };
         helm_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         release
@@ -87,6 +85,30 @@ impl Release {
     /// The chart's ServiceAccount.
     pub fn service_account(&self) -> &str {
         &self.fullname
+    }
+
+    /// `kubectl get <kind>` of the release's objects (by its instance label), as `jsonpath`.
+    pub fn get(&self, kind: &str, jsonpath: &str) -> String {
+        let selector = format!("app.kubernetes.io/instance={}", self.name);
+        let jsonpath = format!("jsonpath={jsonpath}");
+        kubectl_ok(Some(&self.namespace), &["get", kind, "-l", &selector, "-o", &jsonpath])
+    }
+
+    /// Waits until the operator Deployment has rolled out; returns its pods' phases.
+    pub fn rolled_out(&self) -> Vec<String> {
+        let selector = format!("app.kubernetes.io/instance={}", self.name);
+        kubectl_ok(
+            Some(&self.namespace),
+            &["rollout", "status", "deployment", "-l", &selector, "--timeout=120s"],
+        );
+        let phases = self.get("pods", "{.items[*].status.phase}");
+        phases.split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// `helm uninstall --wait`; fails the test unless it succeeds.
+    pub fn uninstall(mut self) {
+        helm_ok(&["uninstall", &self.name, "-n", &self.namespace, "--wait"]);
+        self.installed = false;
     }
 
     /// Creates one more ServiceAccount with exactly the chart's roles (its
@@ -157,7 +179,9 @@ impl Drop for Release {
         for b in &self.extra_bindings {
             let _ = kubectl(None, &["delete", "clusterrolebinding", b, "--ignore-not-found"]);
         }
-        let _ = helm(&["uninstall", &self.name, "-n", &self.namespace]);
+        if self.installed {
+            let _ = helm(&["uninstall", &self.name, "-n", &self.namespace]);
+        }
     }
 }
 
@@ -203,107 +227,4 @@ pub fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-/// One kind of API request: what RBAC authorizes.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Access {
-    pub verb: String,
-    /// "" for the core group.
-    pub group: String,
-    pub resource: String,
-    pub subresource: String,
-}
-
-impl std::fmt::Display for Access {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let group = if self.group.is_empty() { "core" } else { &self.group };
-        write!(f, "{:<7} {group:<20} {}", self.verb, self.resource)?;
-        if !self.subresource.is_empty() {
-            write!(f, "/{}", self.subresource)?;
-        }
-        Ok(())
-    }
-}
-
-/// One completed request from the audit log.
-#[derive(Clone, Debug)]
-pub struct Audited {
-    pub access: Access,
-    pub user: String,
-    pub namespace: String,
-    pub name: String,
-    pub code: u16,
-    /// When the apiserver received it, and when it completed.
-    pub received: Timestamp,
-    pub completed: Timestamp,
-}
-
-impl Audited {
-    pub fn mutating(&self) -> bool {
-        matches!(
-            self.access.verb.as_str(),
-            "create" | "update" | "patch" | "delete" | "deletecollection"
-        )
-    }
-
-    pub fn succeeded(&self) -> bool {
-        (200..300).contains(&self.code)
-    }
-}
-
-/// Every completed request of users whose name starts with `user_prefix`,
-/// received at or after `since`, from the apiserver's audit log (Metadata
-/// level, ServiceAccounts only) and its rotated backup. The log is shared by
-/// all tests, so the filter is by user and time.
-pub fn audit_log(user_prefix: &str, since: Timestamp) -> Vec<Audited> {
-    let dir = PathBuf::from(
-        std::env::var("STREAMQ_CLUSTER_DIR")
-            .expect("STREAMQ_CLUSTER_DIR is not set: run `eval \"$(tests/cluster/up)\"` (the audit log lives there)"),
-    )
-    .join("logs");
-    let mut found = vec![];
-    let mut files = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let file_name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !(file_name.starts_with("audit") && file_name.ends_with(".log")) {
-            continue;
-        }
-        files += 1;
-        let needle = format!("\"username\":\"{user_prefix}");
-        for line in std::io::BufReader::new(std::fs::File::open(&path).unwrap()).lines() {
-            let Ok(line) = line else { continue };
-            if !line.contains(&needle) {
-                continue;
-            }
-            let event: Value = serde_json::from_str(&line).unwrap();
-            if event["stage"] != "ResponseComplete" {
-                continue;
-            }
-            let received: Timestamp = event["requestReceivedTimestamp"].as_str().unwrap().parse().unwrap();
-            if received < since {
-                continue;
-            }
-            let object = &event["objectRef"];
-            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-            found.push(Audited {
-                access: Access {
-                    verb: text(&event["verb"]),
-                    group: text(&object["apiGroup"]),
-                    resource: text(&object["resource"]),
-                    subresource: text(&object["subresource"]),
-                },
-                user: text(&event["user"]["username"]),
-                namespace: text(&object["namespace"]),
-                name: text(&object["name"]),
-                code: event["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
-                received,
-                completed: event["stageTimestamp"].as_str().unwrap().parse().unwrap(),
-            });
-        }
-    }
-    assert!(files > 0, "no audit log in {}", dir.display());
-    found.sort_by_key(|a| a.completed);
-    found
 }

@@ -1,4 +1,4 @@
-//! Malformed stream entries (issue 7, hostile input): entries written with a
+//! Malformed stream entries (hostile input): entries written with a
 //! plain `XADD` that `streamq publish` would never produce must reach the
 //! worker runtime without crashing it, in the library and in exec mode.
 //!
@@ -13,17 +13,14 @@
 //! Each of these is handled and acked like any other message, and the
 //! worker goes on with the next normal message.
 
-mod worker_support;
-
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use crate::support::{redis_queue::*, *};
 use streamq::worker::{Message, Worker, WorkerConfig};
-use tokio_util::sync::CancellationToken;
-use worker_support::*;
 
 const T: Duration = Duration::from_secs(60);
 const TEN_MB: usize = 10 * 1024 * 1024;
@@ -92,14 +89,12 @@ async fn library_worker_receives_malformed_entries_byte_exact() {
             }
         })
     };
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
+    let worker = RunningWorker::start(worker);
     wait_until(T, "all four entries handled and acked", || async {
         received.lock().unwrap().len() == 4 && q.pending().await == 0 && q.group_progress().await == (4, 0)
     })
     .await;
-    stop.cancel();
-    let summary = run.await.unwrap().expect("the worker ran and stopped cleanly");
+    let summary = worker.stop().await.expect("the worker ran and stopped cleanly");
 
     let got = received.lock().unwrap().clone();
     let no_data = &got[&no_data];
@@ -141,8 +136,7 @@ async fn library_worker_receives_malformed_entries_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_worker_passes_malformed_entries_on_stdin_byte_exact() {
     let q = TestQueue::new("mal-exec").await;
-    let out = q.dir.join("out");
-    std::fs::create_dir_all(&out).unwrap();
+    let out = q.subdir("out");
     // stdin to <id>.stdin, the header env to <id>.env, then the id to `done`
     // (last, so a listed id has complete files).
     let handler = q.script(
@@ -204,8 +198,7 @@ async fn exec_worker_passes_malformed_entries_on_stdin_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_big_stdin_does_not_deadlock() {
     let q = TestQueue::new("mal-pipe").await;
-    let out = q.dir.join("out");
-    std::fs::create_dir_all(&out).unwrap();
+    let out = q.subdir("out");
     let handler = q.script(
         "h.sh",
         &format!(
@@ -264,14 +257,12 @@ async fn failing_malformed_entries_are_dead_lettered_byte_exact() {
             }
         })
     };
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
+    let worker = RunningWorker::start(worker);
     wait_until(T, "two dead letters, nothing pending", || async {
         seen.lock().unwrap().len() == 3 && q.pending().await == 0
     })
     .await;
-    stop.cancel();
-    let summary = run.await.unwrap().expect("the worker ran");
+    let summary = worker.stop().await.expect("the worker ran");
     assert_eq!(
         (summary.acked, summary.failed, summary.dead_lettered),
         (1, 2, 2),
