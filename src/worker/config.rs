@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::runtime::WorkerError;
+use super::report::WorkerError;
 
 /// How a [`Worker`] consumes its stream.
 #[derive(Clone, Debug)]

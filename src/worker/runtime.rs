@@ -2,17 +2,7 @@
 //! entries, starts handlers and, on shutdown, drains them within the grace
 //! period.
 
-use std::{
-    fmt,
-    future::Future,
-    ops::ControlFlow,
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{fmt, future::Future, ops::ControlFlow, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
@@ -25,6 +15,7 @@ use super::{
     dispatch::{Dispatch, HandlerFn, HandlerFuture, Job},
     message::{HandlerError, Message},
     reclaim::Reclaim,
+    report::{Counters, RunSummary, WorkerError},
     settle::settle_loop,
     shared::Shared,
 };
@@ -32,55 +23,6 @@ use crate::redis::{
     Error as StreamError,
     stream::{self, StreamEntry},
 };
-
-/// Errors that stop a [`Worker`].
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("invalid worker configuration: {0}")]
-    Config(String),
-    #[error(transparent)]
-    Redis(#[from] StreamError),
-}
-
-/// What a run did, returned when the worker stops.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RunSummary {
-    /// Handler successes that were acked.
-    pub acked: u64,
-    /// Handler failures and timeouts (left pending or dead-lettered).
-    pub failed: u64,
-    pub dead_lettered: u64,
-    /// Pending entries found trimmed from the stream, acked and dropped.
-    pub trimmed: u64,
-    /// Entries taken over from idle consumers.
-    pub reclaimed: u64,
-    /// Handlers still running when the grace period ended; left pending.
-    pub abandoned: u64,
-}
-
-/// Live counters, readable while the worker runs (e.g. for metrics).
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub acked: AtomicU64,
-    pub failed: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub trimmed: AtomicU64,
-    pub reclaimed: AtomicU64,
-    pub in_flight: AtomicU64,
-}
-
-impl Counters {
-    fn summary(&self, abandoned: u64) -> RunSummary {
-        RunSummary {
-            acked: self.acked.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            trimmed: self.trimmed.load(Ordering::Relaxed),
-            reclaimed: self.reclaimed.load(Ordering::Relaxed),
-            abandoned,
-        }
-    }
-}
 
 /// A stream consumer running an async handler per message.
 ///

@@ -8,7 +8,7 @@ use super::{
     config::WorkerConfig,
     connection::{Link, with_retries},
     dispatch::HandlerRun,
-    runtime::WorkerError,
+    report::WorkerError,
     shared::Shared,
 };
 use crate::redis::stream::{self, DeadLetter, Stats, StreamEntry};

@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError, atomic::Ordering},
 };
 
-use super::runtime::Counters;
+use super::report::Counters;
 
 /// State shared by the dispatcher, reclaim and the settle loop.
 pub(super) struct Shared {
