@@ -52,6 +52,10 @@ lint: ## rustfmt, clippy and helm lint
 	cargo clippy --all-targets -- -D warnings
 	$(WITH_CLUSTER) helm lint --strict charts/streamq
 
+.PHONY: real-node-check
+real-node-check: ## Check the local cluster's real node end to end (logs, DNS, Services, storage, pod start-up)
+	$(WITH_CLUSTER) scripts/real-node-check
+
 .PHONY: bench
 bench: ## Throughput of streamq publish / worker vs redis-benchmark (release build)
 	$(WITH_CLUSTER) cargo bench --bench throughput
