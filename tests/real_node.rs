@@ -354,8 +354,7 @@ async fn group_lag_pending(env: &TestEnv, stream: &str, group: &str) -> (u64, u6
 }
 
 async fn group_info(env: &TestEnv, stream: &str, group: &str) -> std::collections::HashMap<String, ::redis::Value> {
-    let client = ::redis::Client::open(env.redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = support::redis_client::connect(&env.redis_url).await;
     let groups: Vec<std::collections::HashMap<String, ::redis::Value>> = ::redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -369,8 +368,7 @@ async fn group_info(env: &TestEnv, stream: &str, group: &str) -> std::collection
 }
 
 async fn redis_admin(env: &TestEnv, args: &[&str]) -> u64 {
-    let client = ::redis::Client::open(env.redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = support::redis_client::connect(&env.redis_url).await;
     let mut cmd = ::redis::cmd(args[0]);
     for a in &args[1..] {
         cmd.arg(*a);
@@ -380,8 +378,7 @@ async fn redis_admin(env: &TestEnv, args: &[&str]) -> u64 {
 
 /// `entries-added` of the stream: every entry it was ever given.
 async fn stream_entries_added(env: &TestEnv, stream: &str) -> u64 {
-    let client = ::redis::Client::open(env.redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = support::redis_client::connect(&env.redis_url).await;
     let info: std::collections::HashMap<String, ::redis::Value> = ::redis::cmd("XINFO")
         .arg("STREAM")
         .arg(stream)
