@@ -85,17 +85,17 @@ pub fn text_table(result: &ScenarioRun) -> String {
             "  {:<10} {:>6} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>9.1} {:>12.0} {:>6} {:>8} {:>6}{}",
             m.policy,
             param(run),
-            m.messages,
-            m.wait_p50_s,
-            m.wait_p95_s,
-            m.wait_p99_s,
-            m.wait_max_s,
-            m.within_slo_pct,
-            m.slo_violation_s,
-            m.replica_seconds,
-            m.scale_events,
-            m.max_backlog,
-            m.interrupted,
+            m.measures.messages,
+            m.measures.wait_p50_s,
+            m.measures.wait_p95_s,
+            m.measures.wait_p99_s,
+            m.measures.wait_max_s,
+            m.measures.within_slo_pct,
+            m.measures.slo_violation_s,
+            m.measures.replica_seconds,
+            m.measures.scale_events,
+            m.measures.max_backlog,
+            m.measures.interrupted,
             if infeasible {
                 format!("  {}", drain(run))
             } else {
@@ -170,7 +170,7 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
                     let _ = write!(
                         row,
                         " {:.2} | {:.0}{label} |",
-                        run.summary.within_slo_pct, run.summary.replica_seconds
+                        run.summary.measures.within_slo_pct, run.summary.measures.replica_seconds
                     );
                 }
                 None => row.push_str(" - | - |"),
@@ -178,8 +178,8 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
         }
         let (sq, kb) = (r.get("streamq"), r.get("keda-best"));
         let ratio = match (sq, kb) {
-            (Some(sq), Some(kb)) if kb.summary.replica_seconds > 0.0 => {
-                Some(sq.summary.replica_seconds / kb.summary.replica_seconds)
+            (Some(sq), Some(kb)) if kb.summary.measures.replica_seconds > 0.0 => {
+                Some(sq.summary.measures.replica_seconds / kb.summary.measures.replica_seconds)
             }
             _ => None,
         };
@@ -193,9 +193,12 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
         );
         out.push_str(&row);
         if let Some(sq) = sq {
-            interrupted += sq.summary.interrupted;
-            if !infeasible && sq.summary.within_slo_pct < GOAL_WITHIN_SLO_PCT {
-                streamq_missed.push(format!("{} ({:.2} %)", r.scenario.name, sq.summary.within_slo_pct));
+            interrupted += sq.summary.measures.interrupted;
+            if !infeasible && sq.summary.measures.within_slo_pct < GOAL_WITHIN_SLO_PCT {
+                streamq_missed.push(format!(
+                    "{} ({:.2} %)",
+                    r.scenario.name, sq.summary.measures.within_slo_pct
+                ));
             }
             if let Some(ratio) = ratio
                 && !infeasible
@@ -204,11 +207,11 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
             }
             if let (Some(kb), Some(ratio)) = (kb, ratio)
                 && !infeasible
-                && sq.summary.within_slo_pct >= GOAL_WITHIN_SLO_PCT
-                && kb.summary.within_slo_pct >= KEDA_BEST_MIN_WITHIN_SLO_PCT
+                && sq.summary.measures.within_slo_pct >= GOAL_WITHIN_SLO_PCT
+                && kb.summary.measures.within_slo_pct >= KEDA_BEST_MIN_WITHIN_SLO_PCT
             {
                 ratios.push(ratio);
-                floors.push(sq.busy_replica_seconds / kb.summary.replica_seconds);
+                floors.push(sq.busy_replica_seconds / kb.summary.measures.replica_seconds);
                 if ratio > 1.0 {
                     costlier.push(format!("{} ({ratio:.2})", r.scenario.name));
                 }
@@ -295,17 +298,17 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
                 "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {} | {} | {} |{}",
                 m.policy,
                 param(run),
-                m.messages,
-                m.wait_p50_s,
-                m.wait_p95_s,
-                m.wait_p99_s,
-                m.wait_max_s,
-                m.within_slo_pct,
-                m.slo_violation_s,
-                m.replica_seconds,
-                m.scale_events,
-                m.max_backlog,
-                m.interrupted,
+                m.measures.messages,
+                m.measures.wait_p50_s,
+                m.measures.wait_p95_s,
+                m.measures.wait_p99_s,
+                m.measures.wait_max_s,
+                m.measures.within_slo_pct,
+                m.measures.slo_violation_s,
+                m.measures.replica_seconds,
+                m.measures.scale_events,
+                m.measures.max_backlog,
+                m.measures.interrupted,
                 if infeasible {
                     format!(" {} |", drain(run))
                 } else {
