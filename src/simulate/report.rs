@@ -54,56 +54,177 @@ fn feasibility(s: &Scenario) -> String {
     }
 }
 
+/// How a column sits in the text table.
+#[derive(Clone, Copy)]
+enum Fit {
+    Left(usize),
+    Right(usize),
+    /// Unpadded, set off by two spaces.
+    Loose,
+}
+
+/// One column of a scenario's table, rendered in text ([`text_table`]) or Markdown ([`markdown`]).
+struct Column {
+    text: &'static str,
+    markdown: &'static str,
+    fit: Fit,
+    cell: fn(&PolicyRun) -> String,
+}
+
+const COLUMNS: [Column; 13] = [
+    Column {
+        text: "policy",
+        markdown: "policy",
+        fit: Fit::Left(10),
+        cell: |r| r.summary.policy.clone(),
+    },
+    Column {
+        text: "param",
+        markdown: "param",
+        fit: Fit::Right(6),
+        cell: param,
+    },
+    Column {
+        text: "messages",
+        markdown: "messages",
+        fit: Fit::Right(8),
+        cell: |r| r.summary.measures.messages.to_string(),
+    },
+    Column {
+        text: "p50 s",
+        markdown: "wait p50 s",
+        fit: Fit::Right(8),
+        cell: |r| format!("{:.2}", r.summary.measures.wait_p50_s),
+    },
+    Column {
+        text: "p95 s",
+        markdown: "p95 s",
+        fit: Fit::Right(8),
+        cell: |r| format!("{:.2}", r.summary.measures.wait_p95_s),
+    },
+    Column {
+        text: "p99 s",
+        markdown: "p99 s",
+        fit: Fit::Right(8),
+        cell: |r| format!("{:.2}", r.summary.measures.wait_p99_s),
+    },
+    Column {
+        text: "max s",
+        markdown: "max s",
+        fit: Fit::Right(8),
+        cell: |r| format!("{:.2}", r.summary.measures.wait_max_s),
+    },
+    Column {
+        text: "in SLO %",
+        markdown: "within SLO %",
+        fit: Fit::Right(9),
+        cell: |r| format!("{:.2}", r.summary.measures.within_slo_pct),
+    },
+    Column {
+        text: "late s",
+        markdown: "SLO violation s",
+        fit: Fit::Right(9),
+        cell: |r| format!("{:.1}", r.summary.measures.slo_violation_s),
+    },
+    Column {
+        text: "replica-s",
+        markdown: "replica-s",
+        fit: Fit::Right(12),
+        cell: |r| format!("{:.0}", r.summary.measures.replica_seconds),
+    },
+    Column {
+        text: "scales",
+        markdown: "scale events",
+        fit: Fit::Right(6),
+        cell: |r| r.summary.measures.scale_events.to_string(),
+    },
+    Column {
+        text: "backlog",
+        markdown: "max backlog",
+        fit: Fit::Right(8),
+        cell: |r| r.summary.measures.max_backlog.to_string(),
+    },
+    Column {
+        text: "intr",
+        markdown: "interrupted",
+        fit: Fit::Right(6),
+        cell: |r| r.summary.measures.interrupted.to_string(),
+    },
+];
+
+/// Only where a scenario is infeasible.
+const DRAIN: Column = Column {
+    text: "drain",
+    markdown: "drain",
+    fit: Fit::Loose,
+    cell: drain,
+};
+
+/// The columns of `scenario`'s table.
+fn columns(scenario: &Scenario) -> impl Iterator<Item = &'static Column> {
+    let infeasible = scenario.overload_end().is_some();
+    COLUMNS.iter().chain(infeasible.then_some(&DRAIN))
+}
+
+/// One line of the text table, indented.
+fn text_line<'a>(cells: impl Iterator<Item = (Fit, &'a str)>) -> String {
+    let mut line = "  ".to_owned();
+    for (i, (fit, cell)) in cells.enumerate() {
+        let gap = if i == 0 { "" } else { " " };
+        let _ = match fit {
+            Fit::Left(width) => write!(line, "{gap}{cell:<width$}"),
+            Fit::Right(width) => write!(line, "{gap}{cell:>width$}"),
+            Fit::Loose => write!(line, "  {cell}"),
+        };
+    }
+    line
+}
+
+/// One row of a Markdown table.
+fn markdown_line<'a>(cells: impl Iterator<Item = &'a str>) -> String {
+    let mut line = "|".to_owned();
+    for cell in cells {
+        let _ = write!(line, " {cell} |");
+    }
+    line
+}
+
 pub fn text_table(result: &ScenarioRun) -> String {
     let s = &result.scenario;
-    let infeasible = s.overload_end().is_some();
     let mut out = String::new();
     let _ = writeln!(out, "scenario {} ({})", s.name, feasibility(s));
     let _ = writeln!(out, "  {}", describe(s));
-    let _ = writeln!(
-        out,
-        "  {:<10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>12} {:>6} {:>8} {:>6}{}",
-        "policy",
-        "param",
-        "messages",
-        "p50 s",
-        "p95 s",
-        "p99 s",
-        "max s",
-        "in SLO %",
-        "late s",
-        "replica-s",
-        "scales",
-        "backlog",
-        "intr",
-        if infeasible { "  drain" } else { "" }
-    );
+    let _ = writeln!(out, "{}", text_line(columns(s).map(|c| (c.fit, c.text))));
     for run in &result.runs {
-        let m = &run.summary;
+        let cells: Vec<(Fit, String)> = columns(s).map(|c| (c.fit, (c.cell)(run))).collect();
         let _ = writeln!(
             out,
-            "  {:<10} {:>6} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>9.1} {:>12.0} {:>6} {:>8} {:>6}{}",
-            m.policy,
-            param(run),
-            m.measures.messages,
-            m.measures.wait_p50_s,
-            m.measures.wait_p95_s,
-            m.measures.wait_p99_s,
-            m.measures.wait_max_s,
-            m.measures.within_slo_pct,
-            m.measures.slo_violation_s,
-            m.measures.replica_seconds,
-            m.measures.scale_events,
-            m.measures.max_backlog,
-            m.measures.interrupted,
-            if infeasible {
-                format!("  {}", drain(run))
-            } else {
-                String::new()
-            }
+            "{}",
+            text_line(cells.iter().map(|(fit, cell)| (*fit, cell.as_str())))
         );
     }
     let _ = writeln!(out, "  (simulated in {:.2}s)", result.wall_s);
+    out
+}
+
+/// A scenario's table in Markdown.
+fn markdown_table(result: &ScenarioRun) -> String {
+    let s = &result.scenario;
+    let mut out = markdown_line(columns(s).map(|c| c.markdown));
+    out.push('\n');
+    out.push('|');
+    for column in columns(s) {
+        out.push_str(if matches!(column.fit, Fit::Left(_)) {
+            "---|"
+        } else {
+            "---:|"
+        });
+    }
+    out.push('\n');
+    for run in &result.runs {
+        let cells: Vec<String> = columns(s).map(|c| (c.cell)(run)).collect();
+        let _ = writeln!(out, "{}", markdown_line(cells.iter().map(String::as_str)));
+    }
     out
 }
 
@@ -278,44 +399,9 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
 
     for r in results {
         let s = &r.scenario;
-        let infeasible = s.overload_end().is_some();
         let _ = writeln!(out, "\n## {}\n", s.name);
         let _ = writeln!(out, "{}. {}.\n", describe(s), feasibility(s));
-        let _ = writeln!(
-            out,
-            "| policy | param | messages | wait p50 s | p95 s | p99 s | max s | within SLO % | SLO violation s | replica-s | scale events | max backlog | interrupted |{}",
-            if infeasible { " drain |" } else { "" }
-        );
-        let _ = writeln!(
-            out,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
-            if infeasible { "---:|" } else { "" }
-        );
-        for run in &r.runs {
-            let m = &run.summary;
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {} | {} | {} |{}",
-                m.policy,
-                param(run),
-                m.measures.messages,
-                m.measures.wait_p50_s,
-                m.measures.wait_p95_s,
-                m.measures.wait_p99_s,
-                m.measures.wait_max_s,
-                m.measures.within_slo_pct,
-                m.measures.slo_violation_s,
-                m.measures.replica_seconds,
-                m.measures.scale_events,
-                m.measures.max_backlog,
-                m.measures.interrupted,
-                if infeasible {
-                    format!(" {} |", drain(run))
-                } else {
-                    String::new()
-                }
-            );
-        }
+        out.push_str(&markdown_table(r));
         let link = plot_link_dir.join(format!("{}.png", s.name));
         let _ = writeln!(out, "\n![{}]({})", s.name, link.display());
     }
@@ -325,6 +411,67 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(max_replicas: u32) -> ScenarioRun {
+        let scenario = Scenario::parse(&format!(
+            "
+name: tiny
+duration: 60s
+seed: 1
+arrivals: [{{at: 0s, rate: 5}}]
+processing: {{distribution: constant, mean: 500ms}}
+pod_startup: 5s
+consumer: {{concurrency: 1, min_replicas: 1, max_replicas: {max_replicas}, initial_replicas: 1}}
+slo: {{target_latency: 10s}}
+"
+        ))
+        .unwrap();
+        crate::simulate::simulate(&scenario, crate::simulate::PolicyChoice::Wpa, 5, false)
+    }
+
+    #[test]
+    fn both_styles_render_the_same_columns() {
+        let feasible = run(10);
+        let text = text_table(&feasible);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[2],
+            "  policy      param messages    p50 s    p95 s    p99 s    max s  in SLO %    late s    replica-s scales  backlog   intr"
+        );
+        assert!(
+            lines[3].starts_with(&format!("  {:<10} {:>6} ", "wpa", "-")),
+            "{}",
+            lines[3]
+        );
+        assert_eq!(lines[3].len(), lines[2].len());
+        let markdown = markdown_table(&feasible);
+        let lines: Vec<&str> = markdown.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| policy | param | messages | wait p50 s | p95 s | p99 s | max s | within SLO % | SLO violation s | replica-s | scale events | max backlog | interrupted |"
+        );
+        assert_eq!(
+            lines[1],
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        assert!(lines[2].starts_with("| wpa | - | "), "{}", lines[2]);
+
+        // 5/s × 0.5 s needs 3 replicas: beyond 2, the drain time is added.
+        let infeasible = run(2);
+        let text = text_table(&infeasible);
+        assert!(text.lines().nth(2).unwrap().ends_with("   intr  drain"), "{text}");
+        assert!(text.lines().nth(3).unwrap().ends_with("  not drained"), "{text}");
+        let markdown = markdown_table(&infeasible);
+        assert!(
+            markdown.lines().next().unwrap().ends_with("| interrupted | drain |"),
+            "{markdown}"
+        );
+        assert!(markdown.lines().nth(1).unwrap().ends_with("---:|---:|"), "{markdown}");
+        assert!(
+            markdown.lines().nth(2).unwrap().ends_with(" | not drained |"),
+            "{markdown}"
+        );
+    }
 
     #[test]
     fn median_of_even_and_odd() {
