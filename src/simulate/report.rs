@@ -244,12 +244,30 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 /// The Markdown report: a summary with the goals, then one section per scenario with its table
 /// and plot (`plot_link_dir` is where the PNGs are, relative to the report).
 pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
-    let mut out = String::new();
     let policies: Vec<String> = results
         .first()
         .map(|r| r.runs.iter().map(|p| p.summary.policy.clone()).collect())
         .unwrap_or_default();
+    let mut out = String::new();
+    let mut goals = Goals::default();
+    summary(&mut out, results, &policies, &mut goals);
+    if policies.iter().any(|p| p == "streamq") && policies.iter().any(|p| p == "keda-best") {
+        goals.write(&mut out);
+    }
+    for r in results {
+        let s = &r.scenario;
+        let _ = writeln!(out, "\n## {}\n", s.name);
+        let _ = writeln!(out, "{}. {}.\n", describe(s), feasibility(s));
+        out.push_str(&markdown_table(r));
+        let link = plot_link_dir.join(format!("{}.png", s.name));
+        let _ = writeln!(out, "\n![{}]({})", s.name, link.display());
+    }
+    out
+}
 
+/// The summary table: each policy's attainment and cost per scenario, and streamq's ratio to
+/// keda-best.
+fn summary(out: &mut String, results: &[ScenarioRun], policies: &[String], goals: &mut Goals) {
     let _ = writeln!(out, "## Summary\n");
     let _ = writeln!(
         out,
@@ -260,19 +278,13 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
     );
     let mut header = "| scenario |".to_owned();
     let mut rule = "|---|".to_owned();
-    for p in &policies {
+    for p in policies {
         let _ = write!(header, " {p} in SLO % | {p} replica-s |");
         rule.push_str("---:|---:|");
     }
     header.push_str(" ratio | floor |");
     rule.push_str("---:|---:|");
     let _ = writeln!(out, "{header}\n{rule}");
-    let mut ratios = Vec::new();
-    let mut feasible_ratios = Vec::new();
-    let mut floors = Vec::new();
-    let mut streamq_missed = Vec::new();
-    let mut costlier = Vec::new();
-    let mut interrupted = 0;
     for r in results {
         let infeasible = r.scenario.overload_end().is_some();
         let mut row = format!(
@@ -281,24 +293,20 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
             r.scenario.name.to_lowercase(),
             if infeasible { " (infeasible)" } else { "" }
         );
-        for p in &policies {
+        for p in policies {
             match r.get(p) {
                 Some(run) => {
                     let label = match run.summary.param {
                         Some(param) if p == "keda-best" => format!(" (lagCount {param})"),
                         _ => String::new(),
                     };
-                    let _ = write!(
-                        row,
-                        " {:.2} | {:.0}{label} |",
-                        run.summary.measures.within_slo_pct, run.summary.measures.replica_seconds
-                    );
+                    let m = &run.summary.measures;
+                    let _ = write!(row, " {:.2} | {:.0}{label} |", m.within_slo_pct, m.replica_seconds);
                 }
                 None => row.push_str(" - | - |"),
             }
         }
-        let (sq, kb) = (r.get("streamq"), r.get("keda-best"));
-        let ratio = match (sq, kb) {
+        let ratio = match (r.get("streamq"), r.get("keda-best")) {
             (Some(sq), Some(kb)) if kb.summary.measures.replica_seconds > 0.0 => {
                 Some(sq.summary.measures.replica_seconds / kb.summary.measures.replica_seconds)
             }
@@ -313,65 +321,83 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
             floor.map_or_else(|| "-".to_owned(), |x| format!("{x:.0}"))
         );
         out.push_str(&row);
-        if let Some(sq) = sq {
-            interrupted += sq.summary.measures.interrupted;
-            if !infeasible && sq.summary.measures.within_slo_pct < GOAL_WITHIN_SLO_PCT {
-                streamq_missed.push(format!(
-                    "{} ({:.2} %)",
-                    r.scenario.name, sq.summary.measures.within_slo_pct
-                ));
-            }
-            if let Some(ratio) = ratio
-                && !infeasible
-            {
-                feasible_ratios.push(ratio);
-            }
-            if let (Some(kb), Some(ratio)) = (kb, ratio)
-                && !infeasible
-                && sq.summary.measures.within_slo_pct >= GOAL_WITHIN_SLO_PCT
-                && kb.summary.measures.within_slo_pct >= KEDA_BEST_MIN_WITHIN_SLO_PCT
-            {
-                ratios.push(ratio);
-                floors.push(sq.busy_replica_seconds / kb.summary.measures.replica_seconds);
-                if ratio > 1.0 {
-                    costlier.push(format!("{} ({ratio:.2})", r.scenario.name));
-                }
+        goals.add(r, ratio);
+    }
+}
+
+/// What the goals are judged on, gathered scenario by scenario.
+#[derive(Default)]
+struct Goals {
+    /// streamq ÷ keda-best replica-seconds where both meet the SLO.
+    ratios: Vec<f64>,
+    /// The same over every feasible scenario.
+    feasible_ratios: Vec<f64>,
+    /// The floor ÷ keda-best replica-seconds, where `ratios` has a ratio.
+    floors: Vec<f64>,
+    streamq_missed: Vec<String>,
+    costlier: Vec<String>,
+    interrupted: u64,
+}
+
+impl Goals {
+    fn add(&mut self, r: &ScenarioRun, ratio: Option<f64>) {
+        let Some(sq) = r.get("streamq") else { return };
+        let infeasible = r.scenario.overload_end().is_some();
+        let within = sq.summary.measures.within_slo_pct;
+        self.interrupted += sq.summary.measures.interrupted;
+        if !infeasible && within < GOAL_WITHIN_SLO_PCT {
+            self.streamq_missed.push(format!("{} ({within:.2} %)", r.scenario.name));
+        }
+        if let Some(ratio) = ratio
+            && !infeasible
+        {
+            self.feasible_ratios.push(ratio);
+        }
+        if let (Some(kb), Some(ratio)) = (r.get("keda-best"), ratio)
+            && !infeasible
+            && within >= GOAL_WITHIN_SLO_PCT
+            && kb.summary.measures.within_slo_pct >= KEDA_BEST_MIN_WITHIN_SLO_PCT
+        {
+            self.ratios.push(ratio);
+            self.floors
+                .push(sq.busy_replica_seconds / kb.summary.measures.replica_seconds);
+            if ratio > 1.0 {
+                self.costlier.push(format!("{} ({ratio:.2})", r.scenario.name));
             }
         }
     }
 
-    if policies.iter().any(|p| p == "streamq") && policies.iter().any(|p| p == "keda-best") {
+    fn write(&self, out: &mut String) {
+        let met_unless = |missed: &[String]| {
+            if missed.is_empty() {
+                "**met**.".to_owned()
+            } else {
+                format!("**missed** in {}.", missed.join(", "))
+            }
+        };
         let _ = writeln!(out, "\n### Goals\n");
         let _ = writeln!(
             out,
             "- streamq keeps ≥ {GOAL_WITHIN_SLO_PCT} % within SLO in every feasible scenario: {}",
-            if streamq_missed.is_empty() {
-                "**met**.".to_owned()
-            } else {
-                format!("**missed** in {}.", streamq_missed.join(", "))
-            }
+            met_unless(&self.streamq_missed)
         );
         let _ = writeln!(
             out,
             "- streamq's replica-seconds ≤ keda-best's wherever both meet the SLO ({} scenarios): {}",
-            ratios.len(),
-            if costlier.is_empty() {
-                "**met**.".to_owned()
-            } else {
-                format!("**missed** in {}.", costlier.join(", "))
-            }
+            self.ratios.len(),
+            met_unless(&self.costlier)
         );
         let _ = writeln!(
             out,
             "- median ratio ≤ {GOAL_MEDIAN_RATIO} over those {} scenarios: {}",
-            ratios.len(),
-            match median(ratios.clone()) {
+            self.ratios.len(),
+            match median(self.ratios.clone()) {
                 Some(m) if m <= GOAL_MEDIAN_RATIO => format!("**met** ({m:.2})."),
                 Some(m) => format!(
                     "**missed** ({m:.2}). No policy can use fewer replica-seconds than the messages' \
                      handler time ÷ concurrency; in these scenarios that floor alone is a median {:.2} \
                      of keda-best's.",
-                    median(floors.clone()).unwrap_or(f64::NAN)
+                    median(self.floors.clone()).unwrap_or(f64::NAN)
                 ),
                 None => "no scenario where both meet the SLO.".to_owned(),
             }
@@ -383,29 +409,19 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
             out,
             "- the same median over every feasible scenario ({}), keda-best at its best attainment \
              where it misses the SLO: {}",
-            feasible_ratios.len(),
-            median(feasible_ratios.clone()).map_or_else(|| "-".to_owned(), |m| format!("{m:.2}"))
+            self.feasible_ratios.len(),
+            median(self.feasible_ratios.clone()).map_or_else(|| "-".to_owned(), |m| format!("{m:.2}"))
         );
         let _ = writeln!(
             out,
             "- 0 interrupted messages with streamq: {}",
-            if interrupted == 0 {
+            if self.interrupted == 0 {
                 "**met**.".to_owned()
             } else {
-                format!("**missed** ({interrupted}).")
+                format!("**missed** ({}).", self.interrupted)
             }
         );
     }
-
-    for r in results {
-        let s = &r.scenario;
-        let _ = writeln!(out, "\n## {}\n", s.name);
-        let _ = writeln!(out, "{}. {}.\n", describe(s), feasibility(s));
-        out.push_str(&markdown_table(r));
-        let link = plot_link_dir.join(format!("{}.png", s.name));
-        let _ = writeln!(out, "\n![{}]({})", s.name, link.display());
-    }
-    out
 }
 
 #[cfg(test)]
