@@ -50,6 +50,19 @@ struct Sample {
     worker_stats: estimate::WorkerStats,
 }
 
+impl Sample {
+    fn of(obs: &Observation, in_service: u64, worker_stats: estimate::WorkerStats) -> Self {
+        Self {
+            at: obs.at,
+            entries_added: obs.entries_added,
+            entries_read: obs.entries_read,
+            pending: obs.pending,
+            in_service,
+            worker_stats,
+        }
+    }
+}
+
 /// How a sample relates to the previous one.
 #[derive(Clone, Copy, Debug)]
 enum Freshness {
@@ -163,14 +176,7 @@ impl Autoscaler {
         if let (Freshness::Fresh(dt), Some(previous)) = (freshness, previous.as_ref()) {
             self.learn(previous, obs, in_service, &worker_stats, dt);
         }
-        self.previous = Some(Sample {
-            at: obs.at,
-            entries_added: obs.entries_added,
-            entries_read: obs.entries_read,
-            pending: obs.pending,
-            in_service,
-            worker_stats,
-        });
+        self.previous = Some(Sample::of(obs, in_service, worker_stats));
 
         let fresh = matches!(freshness, Freshness::Fresh(_));
         if !fresh {
