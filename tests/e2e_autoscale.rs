@@ -1,4 +1,4 @@
-//! The closed loop on the real cluster (issue 6): the real control plane and redis-server, the
+//! The closed loop on the real cluster: the real control plane and redis-server, the
 //! real operator, a Queue and an autoscaled Consumer, and one real `streamq worker` process per
 //! pod (kwok runs no containers; tests/support/closed_loop.rs plays the kubelet). It replays
 //! bench/scenarios/e2e-step-burst.yaml, measures what the simulator measures from message
@@ -21,7 +21,7 @@ use serde_json::json;
 use streamq::{
     api::{ConditionStatus, Consumer},
     producer::{NewMessage, Producer},
-    simulate::{self, PolicyChoice, Summary, policies::STREAMQ_SCALE_DOWN_DELAY, scenario::Scenario},
+    simulate::{self, Measures, PolicyChoice, policies::STREAMQ_SCALE_DOWN_DELAY, scenario::Scenario},
 };
 use support::{
     Operator, TestEnv,
@@ -33,8 +33,10 @@ const SCENARIO: &str = "bench/scenarios/e2e-step-burst.yaml";
 /// Real and simulated replica-seconds and p95 wait may differ by this fraction of the
 /// simulated value.
 const TOLERANCE: f64 = 0.25;
+/// The measures checked within [`TOLERANCE`].
+const CHECKED: [&str; 2] = ["wait_p95_s", "replica_seconds"];
 
-/// The replay uses the simulator's own realisation of the scenario (`Scenario::workload`: the
+/// The replay uses the simulator's own realisation of the scenario (`Scenario::traffic`: the
 /// Poisson arrival times and the service-time draw of every message, from the scenario's seed),
 /// so the real run and the prediction see the very same traffic. What is compared is then the
 /// system, not two samples of a random process: with a few thousand messages, two independent
@@ -52,17 +54,18 @@ async fn step_burst_on_the_real_cluster_agrees_with_the_simulator() {
         .get("streamq")
         .expect("the streamq policy ran")
         .summary
+        .measures
         .clone();
-    let workload = scenario.workload();
+    let traffic = scenario.traffic();
     let startup = scenario.pod_startup.as_std();
     let duration = scenario.duration_secs();
     let target = scenario.slo.target_latency.as_secs_f64();
 
-    // The handler: each message's payload is its index in the workload, which gives its
+    // The handler: each message's payload is its index in the traffic, which gives its
     // service-time draw; the mean is the scenario's at the processing start.
     let epoch: Arc<OnceLock<SystemTime>> = Arc::new(OnceLock::new());
     let handler = Handler::start({
-        let (scenario, draws, epoch) = (scenario.clone(), workload.draws.clone(), epoch.clone());
+        let (scenario, draws, epoch) = (scenario.clone(), traffic.draws.clone(), epoch.clone());
         move |payload, start| {
             let index: usize = std::str::from_utf8(payload)
                 .ok()
@@ -145,7 +148,7 @@ async fn step_burst_on_the_real_cluster_agrees_with_the_simulator() {
     let t0 = Instant::now();
     let t0_wall = SystemTime::now();
     epoch.set(t0_wall).unwrap();
-    let arrivals = workload.arrivals.clone();
+    let arrivals = traffic.arrivals.clone();
     let publisher = tokio::spawn(async move {
         let mut ids = Vec::with_capacity(arrivals.len());
         let mut next = 0;
@@ -197,7 +200,7 @@ async fn step_burst_on_the_real_cluster_agrees_with_the_simulator() {
         .collect();
     let lifetimes: Vec<(f64, Option<f64>)> = pods.iter().map(|p| (rel(p.created), p.end().map(rel))).collect();
     let change_times: Vec<f64> = changes.iter().map(|(t, _)| rel(*t)).collect();
-    let real = measure(&scenario.name, &messages, &lifetimes, &change_times, target, duration);
+    let real = measure(&messages, &lifetimes, &change_times, target, duration);
 
     println!("{}", side_by_side(&scenario, &predicted, &real));
     println!(
@@ -254,7 +257,7 @@ async fn step_burst_on_the_real_cluster_agrees_with_the_simulator() {
     }
 
     // No message lost: every one published was handled and acknowledged.
-    assert_eq!(published, workload.arrivals.len());
+    assert_eq!(published, traffic.arrivals.len());
     let g = group(&mut admin, &stream).await;
     assert_eq!(
         (g.entries_read, g.pending, g.lag),
@@ -287,46 +290,16 @@ async fn step_burst_on_the_real_cluster_agrees_with_the_simulator() {
             TOLERANCE * 100.0
         );
     };
-    agree("replica_seconds", real.replica_seconds, predicted.replica_seconds);
-    agree("wait_p95_s", real.wait_p95_s, predicted.wait_p95_s);
+    for ((name, simulated), (_, real)) in predicted.named().into_iter().zip(real.named()) {
+        if CHECKED.contains(&name) {
+            agree(name, real, simulated);
+        }
+    }
     drop(op);
 }
 
 /// The table to paste: the simulator's prediction and the real run, measure by measure.
-fn side_by_side(scenario: &Scenario, simulated: &Summary, real: &Summary) -> String {
-    let rows: [(&str, f64, f64, bool); 11] = [
-        ("messages", simulated.messages as f64, real.messages as f64, false),
-        ("wait_p50_s", simulated.wait_p50_s, real.wait_p50_s, false),
-        ("wait_p95_s", simulated.wait_p95_s, real.wait_p95_s, true),
-        ("wait_p99_s", simulated.wait_p99_s, real.wait_p99_s, false),
-        ("wait_max_s", simulated.wait_max_s, real.wait_max_s, false),
-        ("within_slo_pct", simulated.within_slo_pct, real.within_slo_pct, false),
-        (
-            "slo_violation_s",
-            simulated.slo_violation_s,
-            real.slo_violation_s,
-            false,
-        ),
-        ("replica_seconds", simulated.replica_seconds, real.replica_seconds, true),
-        (
-            "scale_events",
-            simulated.scale_events as f64,
-            real.scale_events as f64,
-            false,
-        ),
-        (
-            "max_backlog",
-            simulated.max_backlog as f64,
-            real.max_backlog as f64,
-            false,
-        ),
-        (
-            "interrupted",
-            simulated.interrupted as f64,
-            real.interrupted as f64,
-            false,
-        ),
-    ];
+fn side_by_side(scenario: &Scenario, simulated: &Measures, real: &Measures) -> String {
     let mut out = format!(
         "closed loop, scenario {} ({} s), policy streamq; * = checked within {:.0} %\n\
          | measure           | simulated |      real |   diff |\n\
@@ -335,7 +308,7 @@ fn side_by_side(scenario: &Scenario, simulated: &Summary, real: &Summary) -> Str
         scenario.duration_secs(),
         TOLERANCE * 100.0
     );
-    for (name, sim, real, checked) in rows {
+    for ((name, sim), (_, real)) in simulated.named().into_iter().zip(real.named()) {
         let diff = if sim == 0.0 {
             if real == 0.0 {
                 "0 %".to_owned()
@@ -345,7 +318,11 @@ fn side_by_side(scenario: &Scenario, simulated: &Summary, real: &Summary) -> Str
         } else {
             format!("{:+.0} %", (real - sim) / sim * 100.0)
         };
-        let name = if checked { format!("{name} *") } else { name.to_owned() };
+        let name = if CHECKED.contains(&name) {
+            format!("{name} *")
+        } else {
+            name.to_owned()
+        };
         out.push_str(&format!("| {name:<17} | {sim:>9.2} | {real:>9.2} | {diff:>6} |\n"));
     }
     out

@@ -118,16 +118,33 @@ fn reason_states_the_numbers() {
     let mut script = Script::new(20);
     script.steady(&mut scaler, 30, 100, MS200);
     let d = scaler.observe(&script.second(100, 100, MS200, 3000, 0));
-    assert!(
-        d.reason
-            .starts_with("lag 3000, pending 0, arrival 100/s, processing 200ms (measured by workers), target 30s → "),
-        "{}",
-        d.reason
+    let Reason::Decided {
+        basis,
+        replicas,
+        rule,
+        after_gap,
+    } = &d.reason
+    else {
+        panic!("not decided on the sample: {}", d.reason);
+    };
+    assert_eq!(
+        (basis.lag, basis.lag_source, basis.pending),
+        (Some(3000), LagSource::Exact, 0)
     );
-    assert!(
-        d.reason.contains(&format!("→ {} (scale up from 20)", d.replicas)),
-        "{}",
-        d.reason
+    assert!((basis.arrival_rate.unwrap() - 100.0).abs() < 1e-6, "{basis:?}");
+    assert_eq!(basis.processing_time, MS200);
+    assert_eq!(basis.processing_time_source, ProcessingTimeSource::WorkerStats);
+    assert_eq!(basis.target_latency, Duration::from_secs(30));
+    assert_eq!(
+        (*replicas, rule, *after_gap),
+        (d.replicas, &Rule::ScaleUp { from: 20 }, None)
+    );
+    assert_eq!(
+        d.reason.to_string(),
+        format!(
+            "lag 3000, pending 0, arrival 100/s, processing 200ms (measured by workers), target 30s → {} (scale up from 20)",
+            d.replicas
+        )
     );
 }
 
@@ -163,10 +180,21 @@ fn scale_down_waits_for_the_delay_and_takes_the_window_maximum() {
     for second in 1..=60 {
         let d = scaler.observe(&script.second(25, 25, MS200, 0, 0));
         assert_eq!(d.replicas, 20, "second {second}: {}", d.reason);
+        assert!(
+            matches!(d.reason.rule(), Some(Rule::DemandInWindow { current: 20, .. })),
+            "second {second}: {}",
+            d.reason
+        );
     }
     // ...then replicas follow the highest recommendation of the last 60 s, which still
     // includes the decaying arrival rate, and finally settle at 25 × 0.2 = 5.
-    let d = script.steady(&mut scaler, 30, 25, MS200);
+    let d = script.steady(&mut scaler, 1, 25, MS200);
+    assert!(
+        matches!(d.reason.rule(), Some(Rule::ScaleDown { from: 20, delay }) if *delay == Duration::from_secs(60)),
+        "{}",
+        d.reason
+    );
+    let d = script.steady(&mut scaler, 29, 25, MS200);
     assert!(d.replicas < 20, "{}", d.reason);
     let d = script.steady(&mut scaler, 300, 25, MS200);
     assert_eq!(d.replicas, 5, "{}", d.reason);
@@ -194,7 +222,15 @@ fn deadband_keeps_small_scale_downs_from_flapping() {
     // 275/s needs 55: one replica less is within the 5 % deadband of 56 (3 replicas).
     let d = script.steady(&mut scaler, 300, 275, MS200);
     assert_eq!(d.replicas, 56, "{}", d.reason);
-    assert!(d.reason.contains("deadband"), "{}", d.reason);
+    assert_eq!(
+        d.reason.rule(),
+        Some(&Rule::WithinDeadband {
+            current: 56,
+            down_to: 55
+        }),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
@@ -202,6 +238,7 @@ fn never_scales_below_the_consumers_holding_pending_messages() {
     let mut scaler = Autoscaler::new(policy());
     let mut script = Script::new(10);
     script.steady(&mut scaler, 10, 10, MS200);
+    let mut last = None;
     for _ in 0..200 {
         let mut obs = script.second(0, 0, MS200, 0, 0);
         for (i, consumer) in obs.consumers.iter_mut().enumerate() {
@@ -212,8 +249,19 @@ fn never_scales_below_the_consumers_holding_pending_messages() {
         let d = scaler.observe(&obs);
         script.replicas = d.replicas;
         obs.current_replicas = d.replicas;
+        last = Some(d);
     }
     assert_eq!(script.replicas, 7);
+    let last = last.unwrap();
+    assert_eq!(
+        last.reason.rule(),
+        Some(&Rule::ConsumersHoldPending {
+            current: 7,
+            consumers: 7
+        }),
+        "{}",
+        last.reason
+    );
 }
 
 #[test]
@@ -230,7 +278,14 @@ fn scales_to_zero_after_the_delay_without_arrivals() {
         script.replicas = d.replicas;
         if d.replicas == 0 {
             zero_at.get_or_insert(second);
-            assert!(d.reason.contains("scale to zero"), "{}", d.reason);
+            assert_eq!(
+                d.reason.rule(),
+                Some(&Rule::ScaleToZero {
+                    idle_for: Duration::from_secs(60)
+                }),
+                "{}",
+                d.reason
+            );
             break;
         }
         assert!(d.replicas >= 1, "second {second}: {}", d.reason);
@@ -262,7 +317,7 @@ fn wakes_from_zero_on_the_first_message() {
     // One message added, already counted in lag.
     let d = scaler.observe(&script.second(1, 0, MS200, 1, 0));
     assert!(d.replicas >= 1, "{}", d.reason);
-    assert!(d.reason.contains("scale up from zero"), "{}", d.reason);
+    assert_eq!(d.reason.rule(), Some(&Rule::WakeFromZero), "{}", d.reason);
 }
 
 #[test]
@@ -313,6 +368,12 @@ fn null_lag_without_entries_read_holds() {
         let d = scaler.observe(&obs);
         assert_eq!(d.replicas, 8, "{}", d.reason);
         assert_eq!(d.estimates.lag_source, LagSource::Unknown);
+        assert_eq!(
+            d.reason.rule(),
+            Some(&Rule::BacklogUnknown { current: 8 }),
+            "{}",
+            d.reason
+        );
     }
 }
 
@@ -329,12 +390,15 @@ fn stopped_sampler_holds_and_restarts_the_scale_down_window() {
         assert!(d.hold);
         assert_eq!(d.replicas, 20, "{}", d.reason);
     }
-    assert!(
-        scaler
-            .no_data(script.at + Duration::from_secs(301))
-            .reason
-            .starts_with("no data from Redis since 301s")
+    let d = scaler.no_data(script.at + Duration::from_secs(301));
+    assert_eq!(
+        d.reason,
+        Reason::NoData {
+            since: Some(Duration::from_secs(301)),
+            holding: 20
+        }
     );
+    assert_eq!(d.reason.to_string(), "no data from Redis since 301s; holding 20");
     // Samples resume with no traffic: the window of lower demand starts with them.
     script.at += Duration::from_secs(301);
     for second in 1..=60 {
@@ -354,7 +418,16 @@ fn a_gap_between_samples_holds() {
     script.at += Duration::from_secs(600);
     let d = scaler.observe(&script.second(0, 0, MS200, 0, 0));
     assert_eq!(d.replicas, 20, "{}", d.reason);
-    assert!(d.reason.contains("[601s since the previous sample]"), "{}", d.reason);
+    assert!(
+        matches!(d.reason, Reason::Decided { after_gap: Some(gap), .. } if gap == Duration::from_secs(601)),
+        "{}",
+        d.reason
+    );
+    assert!(
+        d.reason.to_string().ends_with(" [601s since the previous sample]"),
+        "{}",
+        d.reason
+    );
     // The window of lower demand starts with the first sample after the gap.
     for second in 1..=59 {
         let d = scaler.observe(&script.second(0, 0, MS200, 0, 0));
@@ -411,6 +484,12 @@ fn first_sample_never_scales_down() {
     let mut scaler = Autoscaler::new(policy());
     let d = scaler.observe(&Script::new(40).observation());
     assert_eq!(d.replicas, 40, "{}", d.reason);
+    assert_eq!(
+        d.reason.rule(),
+        Some(&Rule::FirstAfterGap { current: 40 }),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]

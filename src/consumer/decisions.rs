@@ -58,7 +58,7 @@ impl Decisions {
     }
 
     pub async fn reason(&self, uid: &str) -> Option<String> {
-        self.0.lock().await.get(uid).map(|l| l.decision.reason.clone())
+        self.0.lock().await.get(uid).map(|l| l.decision.reason.to_string())
     }
 
     /// The status fields the sampler knows, over `previous`.

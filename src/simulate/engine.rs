@@ -1,9 +1,9 @@
 //! The event-driven queue simulation: a FIFO stream, a consumer group, pods that take
-//! `pod_startup` to start consuming, and a controller deciding the replica count.
+//! `pod_startup` to start consuming, and a scaling policy deciding the replica count.
 //!
-//! Events (arrival, completion, pod ready, redelivery) are processed in time order; the
-//! controllers run at their own intervals. Time-integrated measures (replica-seconds, SLO
-//! violation time) are integrated exactly between events.
+//! Events (arrival, completion, pod ready, redelivery) are processed in time order and the
+//! policy runs when it asks to; between two of these nothing changes, which is what lets the
+//! [`Meter`] integrate replica-seconds and SLO violation exactly.
 
 use std::{
     cmp::{Ordering, Reverse},
@@ -14,14 +14,17 @@ use std::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::scenario::{Scenario, Workload};
+use super::{
+    measures::{Measures, Meter},
+    scenario::{Scenario, Traffic},
+};
 use crate::autoscale::{ConsumerObservation, Observation};
 
 /// How long an entry delivered to a pod that was killed stays pending before another consumer
 /// may claim it (the workers' XAUTOCLAIM min-idle time, the "visibility timeout").
 pub const VISIBILITY_TIMEOUT: f64 = 300.0;
 
-/// How a controller's Deployment removes pods when it scales down.
+/// How a policy's Deployment removes pods when it scales down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Removal {
     /// streamq: starting pods first, then idle ones; a busy pod stops taking messages and exits
@@ -33,11 +36,11 @@ pub enum Removal {
 }
 
 /// A policy deciding replicas, called at the times it asks for.
-pub trait Controller {
+pub trait ScalingPolicy {
     fn removal(&self) -> Removal;
-    /// When the controller next wants to run (seconds since the start).
+    /// When the policy next wants to run (seconds since the start).
     fn next_tick(&self) -> f64;
-    /// Runs the controller at `now`; `Some(n)` sets the Deployment's replicas to n.
+    /// Runs the policy at `now`; `Some(n)` sets the Deployment's replicas to n.
     fn tick(&mut self, now: f64, sim: &Sim<'_>) -> Option<u32>;
 }
 
@@ -53,20 +56,10 @@ pub struct Point {
     pub replicas: u32,
 }
 
-/// The measures of one run.
+/// What one simulated run gives: its measures, and what the tables and plots add to them.
 #[derive(Clone, Debug)]
-pub struct Outcome {
-    pub messages: u64,
-    pub wait_p50_s: f64,
-    pub wait_p95_s: f64,
-    pub wait_p99_s: f64,
-    pub wait_max_s: f64,
-    pub within_slo_pct: f64,
-    pub slo_violation_s: f64,
-    pub replica_seconds: f64,
-    pub scale_events: u64,
-    pub max_backlog: u64,
-    pub interrupted: u64,
+pub struct SimulatedRun {
+    pub measures: Measures,
     /// In a scenario beyond max_replicas: seconds from the end of the overload until nothing
     /// waits any more (`None`: still waiting when the simulation ended).
     pub drain_s: Option<f64>,
@@ -121,15 +114,14 @@ impl Ord for Event {
     }
 }
 
-/// The simulated world. Controllers read it through the accessors.
+/// The simulated world. Policies read it through the accessors.
 pub struct Sim<'a> {
     scenario: &'a Scenario,
-    workload: &'a Workload,
+    traffic: &'a Traffic,
     now: f64,
     end: f64,
     concurrency: u32,
     startup: f64,
-    target: f64,
     removal: Removal,
     next_arrival: usize,
     /// Undelivered entries (the group's lag), oldest first.
@@ -146,13 +138,9 @@ pub struct Sim<'a> {
     desired: u32,
     events: BinaryHeap<Reverse<Event>>,
     seq: u64,
-    /// Wait of each message at its (last) processing start; NaN while not started.
-    waits: Vec<f64>,
-    replica_seconds: f64,
-    slo_violation_s: f64,
-    scale_events: u64,
-    max_backlog: u64,
-    interrupted: u64,
+    /// Each message's (last) processing start; NaN while not started.
+    starts: Vec<f64>,
+    meter: Meter,
     rng: ChaCha8Rng,
     series: Vec<Point>,
     overload_end: Option<f64>,
@@ -160,18 +148,17 @@ pub struct Sim<'a> {
 }
 
 impl<'a> Sim<'a> {
-    fn new(scenario: &'a Scenario, workload: &'a Workload, removal: Removal) -> Self {
+    fn new(scenario: &'a Scenario, traffic: &'a Traffic, removal: Removal) -> Self {
         let consumer = scenario.consumer;
         let mut removal_rng = ChaCha8Rng::seed_from_u64(scenario.seed);
         removal_rng.set_stream(3);
         let mut sim = Sim {
             scenario,
-            workload,
+            traffic,
             now: 0.0,
             end: scenario.duration_secs(),
             concurrency: consumer.concurrency,
             startup: scenario.pod_startup.as_secs_f64(),
-            target: scenario.slo.target_latency.as_secs_f64(),
             removal,
             next_arrival: 0,
             new_queue: VecDeque::new(),
@@ -184,12 +171,8 @@ impl<'a> Sim<'a> {
             desired: consumer.initial_replicas,
             events: BinaryHeap::new(),
             seq: 0,
-            waits: vec![f64::NAN; workload.arrivals.len()],
-            replica_seconds: 0.0,
-            slo_violation_s: 0.0,
-            scale_events: 0,
-            max_backlog: 0,
-            interrupted: 0,
+            starts: vec![f64::NAN; traffic.arrivals.len()],
+            meter: Meter::new(scenario.slo.target_latency.as_secs_f64()),
             rng: removal_rng,
             series: Vec::new(),
             overload_end: scenario.overload_end(),
@@ -238,7 +221,7 @@ impl<'a> Sim<'a> {
 
     /// Messages that arrived in `[from, to)`.
     pub fn arrivals_between(&self, from: f64, to: f64) -> u64 {
-        let arrivals = &self.workload.arrivals[..self.next_arrival];
+        let arrivals = &self.traffic.arrivals[..self.next_arrival];
         let a = arrivals.partition_point(|&t| t < from);
         let b = arrivals.partition_point(|&t| t < to);
         (b - a) as u64
@@ -284,7 +267,7 @@ impl<'a> Sim<'a> {
             oldest_undelivered_age: self
                 .new_queue
                 .front()
-                .map(|&m| StdDuration::from_secs_f64((self.now - self.workload.arrivals[m as usize]).max(0.0))),
+                .map(|&m| StdDuration::from_secs_f64((self.now - self.traffic.arrivals[m as usize]).max(0.0))),
             consumers,
             current_replicas: self.desired,
             ready_replicas: self.ready(),
@@ -297,7 +280,7 @@ impl<'a> Sim<'a> {
 
     /// When the oldest message that is not being processed arrived.
     fn oldest_waiting(&self) -> Option<f64> {
-        let arrivals = &self.workload.arrivals;
+        let arrivals = &self.traffic.arrivals;
         let front = self.new_queue.front().map(|&m| arrivals[m as usize]);
         let others = self
             .redeliver_queue
@@ -341,15 +324,10 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Integrates the time measures up to `t` and moves the clock there.
+    /// Moves the clock to `t`, metering the time in between.
     fn advance(&mut self, t: f64) {
-        let dt = t - self.now;
-        if dt > 0.0 {
-            self.replica_seconds += self.alive.len() as f64 * dt;
-            if let Some(oldest) = self.oldest_waiting() {
-                let late_from = self.now.max(oldest + self.target);
-                self.slo_violation_s += (t - late_from).max(0.0);
-            }
+        if t - self.now > 0.0 {
+            self.meter.elapse(self.now, t, self.alive.len(), self.oldest_waiting());
             self.now = t;
         }
     }
@@ -359,7 +337,7 @@ impl<'a> Sim<'a> {
         if replicas == self.desired {
             return;
         }
-        self.scale_events += 1;
+        self.meter.scaled();
         self.desired = replicas;
         let active: Vec<u32> = self
             .alive
@@ -423,10 +401,10 @@ impl<'a> Sim<'a> {
                     let killed: Vec<u32> = p.slots.iter_mut().filter_map(|s| s.take().map(|(m, _)| m)).collect();
                     p.in_flight = 0;
                     self.free_slots -= c - in_flight;
-                    self.interrupted += killed.len() as u64;
+                    self.meter.interrupted(killed.len() as u64);
                     for msg in killed {
                         // It will start again after the timeout: its wait is not known yet.
-                        self.waits[msg as usize] = f64::NAN;
+                        self.starts[msg as usize] = f64::NAN;
                         self.limbo.push(msg);
                         self.push(self.now + VISIBILITY_TIMEOUT, Kind::Redeliver { msg });
                     }
@@ -459,14 +437,14 @@ impl<'a> Sim<'a> {
                 return;
             };
             let start = self.now;
-            let service = self.scenario.mean_at(start) * self.workload.draws[msg as usize];
+            let service = self.scenario.mean_at(start) * self.traffic.draws[msg as usize];
             let p = &mut self.pods[pod as usize];
             let slot = p.slots.iter().position(Option::is_none).unwrap_or(0);
             p.slots[slot] = Some((msg, start));
             p.in_flight += 1;
             p.last_active = start;
             self.free_slots -= 1;
-            self.waits[msg as usize] = start - self.workload.arrivals[msg as usize];
+            self.starts[msg as usize] = start;
             self.push(
                 start + service,
                 Kind::Complete {
@@ -518,7 +496,7 @@ impl<'a> Sim<'a> {
 
     fn after_event(&mut self) {
         let backlog = self.backlog();
-        self.max_backlog = self.max_backlog.max(backlog);
+        self.meter.backlog(backlog);
         if let Some(overload_end) = self.overload_end
             && self.drained_at.is_none()
             && self.now >= overload_end
@@ -528,42 +506,12 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn finish(mut self) -> Outcome {
-        let arrivals = &self.workload.arrivals;
-        let end = self.end;
-        for (wait, &arrived) in self.waits.iter_mut().zip(arrivals) {
-            // Never started: it has waited until the end at least.
-            if wait.is_nan() {
-                *wait = end - arrived;
-            }
-        }
-        let messages = self.waits.len() as u64;
-        let within = self.waits.iter().filter(|&&w| w <= self.target).count();
-        self.waits.sort_unstable_by(f64::total_cmp);
-        let pct = |q: f64| -> f64 {
-            if self.waits.is_empty() {
-                return 0.0;
-            }
-            // Nearest rank.
-            let rank = ((q * self.waits.len() as f64).ceil() as usize).clamp(1, self.waits.len());
-            self.waits[rank - 1]
-        };
-        Outcome {
-            messages,
-            wait_p50_s: pct(0.50),
-            wait_p95_s: pct(0.95),
-            wait_p99_s: pct(0.99),
-            wait_max_s: self.waits.last().copied().unwrap_or(0.0),
-            within_slo_pct: if messages == 0 {
-                100.0
-            } else {
-                within as f64 * 100.0 / messages as f64
-            },
-            slo_violation_s: self.slo_violation_s,
-            replica_seconds: self.replica_seconds,
-            scale_events: self.scale_events,
-            max_backlog: self.max_backlog,
-            interrupted: self.interrupted,
+    fn finish(self) -> SimulatedRun {
+        let starts = self.starts.iter().map(|&s| (!s.is_nan()).then_some(s));
+        SimulatedRun {
+            measures: self
+                .meter
+                .finish(self.end, self.traffic.arrivals.iter().copied().zip(starts)),
             busy_replica_seconds: self.pods.iter().map(|p| p.busy).sum::<f64>() / f64::from(self.concurrency),
             drain_s: self
                 .overload_end
@@ -573,26 +521,22 @@ impl<'a> Sim<'a> {
     }
 }
 
-/// Runs `scenario` with `workload` under `controller`.
-pub fn run(scenario: &Scenario, workload: &Workload, controller: &mut dyn Controller) -> Outcome {
-    let mut sim = Sim::new(scenario, workload, controller.removal());
+/// Runs `scenario` with `traffic` under `policy`.
+pub fn run(scenario: &Scenario, traffic: &Traffic, policy: &mut dyn ScalingPolicy) -> SimulatedRun {
+    let mut sim = Sim::new(scenario, traffic, policy.removal());
     let mut next_record = 1.0;
     let mut last_record_arrivals = 0u64;
     loop {
         let t_event = sim.events.peek().map_or(f64::INFINITY, |Reverse(e)| e.t);
-        let t_arrival = workload
-            .arrivals
-            .get(sim.next_arrival)
-            .copied()
-            .unwrap_or(f64::INFINITY);
-        let t_control = controller.next_tick();
+        let t_arrival = traffic.arrivals.get(sim.next_arrival).copied().unwrap_or(f64::INFINITY);
+        let t_control = policy.next_tick();
         let t = t_event.min(t_arrival).min(t_control).min(next_record);
         if t > sim.end {
             sim.advance(sim.end);
             break;
         }
         sim.advance(t);
-        // At equal times: events, then arrivals, then the record, then the controller.
+        // At equal times: events, then arrivals, then the record, then the policy.
         if t_event <= t {
             let Some(Reverse(event)) = sim.events.pop() else { break };
             sim.handle(event.kind);
@@ -609,7 +553,7 @@ pub fn run(scenario: &Scenario, workload: &Workload, controller: &mut dyn Contro
             });
             last_record_arrivals = added;
             next_record += 1.0;
-        } else if let Some(replicas) = controller.tick(t, &sim) {
+        } else if let Some(replicas) = policy.tick(t, &sim) {
             sim.scale_to(replicas);
         }
         sim.dispatch();

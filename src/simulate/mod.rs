@@ -6,6 +6,7 @@
 //! and cost (replica-seconds).
 
 pub mod engine;
+pub mod measures;
 pub mod plot;
 pub mod policies;
 pub mod report;
@@ -15,9 +16,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+pub use self::measures::{Measures, Meter};
 use self::{
-    engine::{Outcome, Point},
-    scenario::{Scenario, Workload},
+    engine::{Point, SimulatedRun},
+    scenario::{Scenario, Traffic},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,17 +59,9 @@ pub struct Summary {
     pub policy: String,
     /// The KEDA lagCount target (keda, keda-best); null otherwise.
     pub param: Option<u64>,
-    pub messages: u64,
-    pub wait_p50_s: f64,
-    pub wait_p95_s: f64,
-    pub wait_p99_s: f64,
-    pub wait_max_s: f64,
-    pub within_slo_pct: f64,
-    pub slo_violation_s: f64,
-    pub replica_seconds: f64,
-    pub scale_events: u64,
-    pub max_backlog: u64,
-    pub interrupted: u64,
+    /// Rounded ([`Measures::rounded`]).
+    #[serde(flatten)]
+    pub measures: Measures,
 }
 
 /// One policy's run: the summary, plus what the table and plot need.
@@ -75,7 +69,7 @@ pub struct Summary {
 pub struct PolicyRun {
     pub summary: Summary,
     pub drain_s: Option<f64>,
-    /// See [`Outcome::busy_replica_seconds`].
+    /// See [`SimulatedRun::busy_replica_seconds`].
     pub busy_replica_seconds: f64,
     pub series: Vec<Point>,
 }
@@ -95,51 +89,36 @@ impl ScenarioRun {
     }
 }
 
-fn round(x: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (x * scale).round() / scale
-}
-
-fn policy_run(scenario: &Scenario, policy: &str, param: Option<u64>, outcome: Outcome) -> PolicyRun {
+fn policy_run(scenario: &Scenario, policy: &str, param: Option<u64>, run: SimulatedRun) -> PolicyRun {
     PolicyRun {
         summary: Summary {
             scenario: scenario.name.clone(),
             policy: policy.to_owned(),
             param,
-            messages: outcome.messages,
-            wait_p50_s: round(outcome.wait_p50_s, 3),
-            wait_p95_s: round(outcome.wait_p95_s, 3),
-            wait_p99_s: round(outcome.wait_p99_s, 3),
-            wait_max_s: round(outcome.wait_max_s, 3),
-            within_slo_pct: round(outcome.within_slo_pct, 3),
-            slo_violation_s: round(outcome.slo_violation_s, 3),
-            replica_seconds: round(outcome.replica_seconds, 1),
-            scale_events: outcome.scale_events,
-            max_backlog: outcome.max_backlog,
-            interrupted: outcome.interrupted,
+            measures: run.measures.rounded(),
         },
-        drain_s: outcome.drain_s,
-        busy_replica_seconds: outcome.busy_replica_seconds,
-        series: outcome.series,
+        drain_s: run.drain_s,
+        busy_replica_seconds: run.busy_replica_seconds,
+        series: run.series,
     }
 }
 
-pub fn run_streamq(scenario: &Scenario, workload: &Workload, trace: bool) -> PolicyRun {
-    let outcome = engine::run(scenario, workload, &mut policies::Streamq::new(scenario, trace));
-    policy_run(scenario, "streamq", None, outcome)
+pub fn run_streamq(scenario: &Scenario, traffic: &Traffic, trace: bool) -> PolicyRun {
+    let run = engine::run(scenario, traffic, &mut policies::Streamq::new(scenario, trace));
+    policy_run(scenario, "streamq", None, run)
 }
 
-pub fn run_keda(scenario: &Scenario, workload: &Workload, lag_target: u64, name: &str) -> PolicyRun {
-    let outcome = engine::run(scenario, workload, &mut policies::Keda::new(scenario, lag_target));
-    policy_run(scenario, name, Some(lag_target), outcome)
+pub fn run_keda(scenario: &Scenario, traffic: &Traffic, lag_target: u64, name: &str) -> PolicyRun {
+    let run = engine::run(scenario, traffic, &mut policies::Keda::new(scenario, lag_target));
+    policy_run(scenario, name, Some(lag_target), run)
 }
 
 /// KEDA at its best lagCount for this scenario: the cheapest of the sweep that keeps 99 % of
 /// messages within the target, or, when none does, the one that keeps the most.
-pub fn run_keda_best(scenario: &Scenario, workload: &Workload) -> PolicyRun {
+pub fn run_keda_best(scenario: &Scenario, traffic: &Traffic) -> PolicyRun {
     let mut runs: Vec<PolicyRun> = KEDA_SWEEP
         .iter()
-        .map(|&target| run_keda(scenario, workload, target, "keda-best"))
+        .map(|&target| run_keda(scenario, traffic, target, "keda-best"))
         .collect();
     let best = pick_best(&runs);
     runs.swap_remove(best)
@@ -147,45 +126,55 @@ pub fn run_keda_best(scenario: &Scenario, workload: &Workload) -> PolicyRun {
 
 /// The index of keda-best's choice among the sweep's runs (see [`run_keda_best`]).
 fn pick_best(runs: &[PolicyRun]) -> usize {
-    let meets = |r: &PolicyRun| r.summary.within_slo_pct >= KEDA_BEST_MIN_WITHIN_SLO_PCT;
+    let meets = |r: &PolicyRun| r.summary.measures.within_slo_pct >= KEDA_BEST_MIN_WITHIN_SLO_PCT;
     let best = if runs.iter().any(meets) {
         runs.iter()
             .enumerate()
             .filter(|(_, r)| meets(r))
-            .min_by(|(_, a), (_, b)| a.summary.replica_seconds.total_cmp(&b.summary.replica_seconds))
+            .min_by(|(_, a), (_, b)| {
+                a.summary
+                    .measures
+                    .replica_seconds
+                    .total_cmp(&b.summary.measures.replica_seconds)
+            })
             .map(|(i, _)| i)
     } else {
         // Ties keep the first (smallest) target: max_by alone would keep the last.
         runs.iter()
             .enumerate()
             .rev()
-            .max_by(|(_, a), (_, b)| a.summary.within_slo_pct.total_cmp(&b.summary.within_slo_pct))
+            .max_by(|(_, a), (_, b)| {
+                a.summary
+                    .measures
+                    .within_slo_pct
+                    .total_cmp(&b.summary.measures.within_slo_pct)
+            })
             .map(|(i, _)| i)
     };
     best.unwrap_or(0)
 }
 
-pub fn run_wpa(scenario: &Scenario, workload: &Workload) -> PolicyRun {
-    let outcome = engine::run(scenario, workload, &mut policies::Wpa::new(scenario));
-    policy_run(scenario, "wpa", None, outcome)
+pub fn run_wpa(scenario: &Scenario, traffic: &Traffic) -> PolicyRun {
+    let run = engine::run(scenario, traffic, &mut policies::Wpa::new(scenario));
+    policy_run(scenario, "wpa", None, run)
 }
 
 /// Simulates `choice` on `scenario`.
 pub fn simulate(scenario: &Scenario, choice: PolicyChoice, keda_lag_target: u64, trace: bool) -> ScenarioRun {
     let started = std::time::Instant::now();
-    let workload = scenario.workload();
+    let traffic = scenario.traffic();
     let mut runs = Vec::new();
     if matches!(choice, PolicyChoice::Streamq | PolicyChoice::All) {
-        runs.push(run_streamq(scenario, &workload, trace));
+        runs.push(run_streamq(scenario, &traffic, trace));
     }
     if matches!(choice, PolicyChoice::Keda | PolicyChoice::All) {
-        runs.push(run_keda(scenario, &workload, keda_lag_target, "keda"));
+        runs.push(run_keda(scenario, &traffic, keda_lag_target, "keda"));
     }
     if matches!(choice, PolicyChoice::KedaBest | PolicyChoice::All) {
-        runs.push(run_keda_best(scenario, &workload));
+        runs.push(run_keda_best(scenario, &traffic));
     }
     if matches!(choice, PolicyChoice::Wpa | PolicyChoice::All) {
-        runs.push(run_wpa(scenario, &workload));
+        runs.push(run_wpa(scenario, &traffic));
     }
     ScenarioRun {
         scenario: scenario.clone(),

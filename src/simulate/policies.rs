@@ -4,7 +4,7 @@
 use std::{collections::VecDeque, time::Duration};
 
 use super::{
-    engine::{Controller, Removal, Sim},
+    engine::{Removal, ScalingPolicy, Sim},
     scenario::Scenario,
 };
 use crate::autoscale::{Autoscaler, Policy};
@@ -43,7 +43,7 @@ impl Streamq {
     }
 }
 
-impl Controller for Streamq {
+impl ScalingPolicy for Streamq {
     fn removal(&self) -> Removal {
         Removal::Graceful
     }
@@ -185,7 +185,7 @@ impl Keda {
     }
 }
 
-impl Controller for Keda {
+impl ScalingPolicy for Keda {
     fn removal(&self) -> Removal {
         Removal::Arbitrary
     }
@@ -249,7 +249,7 @@ impl Wpa {
     }
 }
 
-impl Controller for Wpa {
+impl ScalingPolicy for Wpa {
     fn removal(&self) -> Removal {
         Removal::Arbitrary
     }

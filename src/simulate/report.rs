@@ -54,56 +54,177 @@ fn feasibility(s: &Scenario) -> String {
     }
 }
 
+/// How a column sits in the text table.
+#[derive(Clone, Copy)]
+enum Fit {
+    Left(usize),
+    Right(usize),
+    /// Unpadded, set off by two spaces.
+    Loose,
+}
+
+/// One column of a scenario's table, rendered in text ([`text_table`]) or Markdown ([`markdown`]).
+struct Column {
+    text: &'static str,
+    markdown: &'static str,
+    fit: Fit,
+    cell: fn(&PolicyRun) -> String,
+}
+
+const COLUMNS: [Column; 13] = [
+    Column {
+        text: "policy",
+        markdown: "policy",
+        fit: Fit::Left(10),
+        cell: |r| r.summary.policy.clone(),
+    },
+    Column {
+        text: "param",
+        markdown: "param",
+        fit: Fit::Right(6),
+        cell: param,
+    },
+    Column {
+        text: "messages",
+        markdown: "messages",
+        fit: Fit::Right(8),
+        cell: |r| r.summary.measures.messages.to_string(),
+    },
+    Column {
+        text: "p50 s",
+        markdown: "wait p50 s",
+        fit: Fit::Right(8),
+        cell: |r| format!("{:.2}", r.summary.measures.wait_p50_s),
+    },
+    Column {
+        text: "p95 s",
+        markdown: "p95 s",
+        fit: Fit::Right(8),
+        cell: |r| format!("{:.2}", r.summary.measures.wait_p95_s),
+    },
+    Column {
+        text: "p99 s",
+        markdown: "p99 s",
+        fit: Fit::Right(8),
+        cell: |r| format!("{:.2}", r.summary.measures.wait_p99_s),
+    },
+    Column {
+        text: "max s",
+        markdown: "max s",
+        fit: Fit::Right(8),
+        cell: |r| format!("{:.2}", r.summary.measures.wait_max_s),
+    },
+    Column {
+        text: "in SLO %",
+        markdown: "within SLO %",
+        fit: Fit::Right(9),
+        cell: |r| format!("{:.2}", r.summary.measures.within_slo_pct),
+    },
+    Column {
+        text: "late s",
+        markdown: "SLO violation s",
+        fit: Fit::Right(9),
+        cell: |r| format!("{:.1}", r.summary.measures.slo_violation_s),
+    },
+    Column {
+        text: "replica-s",
+        markdown: "replica-s",
+        fit: Fit::Right(12),
+        cell: |r| format!("{:.0}", r.summary.measures.replica_seconds),
+    },
+    Column {
+        text: "scales",
+        markdown: "scale events",
+        fit: Fit::Right(6),
+        cell: |r| r.summary.measures.scale_events.to_string(),
+    },
+    Column {
+        text: "backlog",
+        markdown: "max backlog",
+        fit: Fit::Right(8),
+        cell: |r| r.summary.measures.max_backlog.to_string(),
+    },
+    Column {
+        text: "intr",
+        markdown: "interrupted",
+        fit: Fit::Right(6),
+        cell: |r| r.summary.measures.interrupted.to_string(),
+    },
+];
+
+/// Only where a scenario is infeasible.
+const DRAIN: Column = Column {
+    text: "drain",
+    markdown: "drain",
+    fit: Fit::Loose,
+    cell: drain,
+};
+
+/// The columns of `scenario`'s table.
+fn columns(scenario: &Scenario) -> impl Iterator<Item = &'static Column> {
+    let infeasible = scenario.overload_end().is_some();
+    COLUMNS.iter().chain(infeasible.then_some(&DRAIN))
+}
+
+/// One line of the text table, indented.
+fn text_line<'a>(cells: impl Iterator<Item = (Fit, &'a str)>) -> String {
+    let mut line = "  ".to_owned();
+    for (i, (fit, cell)) in cells.enumerate() {
+        let gap = if i == 0 { "" } else { " " };
+        let _ = match fit {
+            Fit::Left(width) => write!(line, "{gap}{cell:<width$}"),
+            Fit::Right(width) => write!(line, "{gap}{cell:>width$}"),
+            Fit::Loose => write!(line, "  {cell}"),
+        };
+    }
+    line
+}
+
+/// One row of a Markdown table.
+fn markdown_line<'a>(cells: impl Iterator<Item = &'a str>) -> String {
+    let mut line = "|".to_owned();
+    for cell in cells {
+        let _ = write!(line, " {cell} |");
+    }
+    line
+}
+
 pub fn text_table(result: &ScenarioRun) -> String {
     let s = &result.scenario;
-    let infeasible = s.overload_end().is_some();
     let mut out = String::new();
     let _ = writeln!(out, "scenario {} ({})", s.name, feasibility(s));
     let _ = writeln!(out, "  {}", describe(s));
-    let _ = writeln!(
-        out,
-        "  {:<10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>12} {:>6} {:>8} {:>6}{}",
-        "policy",
-        "param",
-        "messages",
-        "p50 s",
-        "p95 s",
-        "p99 s",
-        "max s",
-        "in SLO %",
-        "late s",
-        "replica-s",
-        "scales",
-        "backlog",
-        "intr",
-        if infeasible { "  drain" } else { "" }
-    );
+    let _ = writeln!(out, "{}", text_line(columns(s).map(|c| (c.fit, c.text))));
     for run in &result.runs {
-        let m = &run.summary;
+        let cells: Vec<(Fit, String)> = columns(s).map(|c| (c.fit, (c.cell)(run))).collect();
         let _ = writeln!(
             out,
-            "  {:<10} {:>6} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>9.1} {:>12.0} {:>6} {:>8} {:>6}{}",
-            m.policy,
-            param(run),
-            m.messages,
-            m.wait_p50_s,
-            m.wait_p95_s,
-            m.wait_p99_s,
-            m.wait_max_s,
-            m.within_slo_pct,
-            m.slo_violation_s,
-            m.replica_seconds,
-            m.scale_events,
-            m.max_backlog,
-            m.interrupted,
-            if infeasible {
-                format!("  {}", drain(run))
-            } else {
-                String::new()
-            }
+            "{}",
+            text_line(cells.iter().map(|(fit, cell)| (*fit, cell.as_str())))
         );
     }
     let _ = writeln!(out, "  (simulated in {:.2}s)", result.wall_s);
+    out
+}
+
+/// A scenario's table in Markdown.
+fn markdown_table(result: &ScenarioRun) -> String {
+    let s = &result.scenario;
+    let mut out = markdown_line(columns(s).map(|c| c.markdown));
+    out.push('\n');
+    out.push('|');
+    for column in columns(s) {
+        out.push_str(if matches!(column.fit, Fit::Left(_)) {
+            "---|"
+        } else {
+            "---:|"
+        });
+    }
+    out.push('\n');
+    for run in &result.runs {
+        let cells: Vec<String> = columns(s).map(|c| (c.cell)(run)).collect();
+        let _ = writeln!(out, "{}", markdown_line(cells.iter().map(String::as_str)));
+    }
     out
 }
 
@@ -123,12 +244,30 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 /// The Markdown report: a summary with the goals, then one section per scenario with its table
 /// and plot (`plot_link_dir` is where the PNGs are, relative to the report).
 pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
-    let mut out = String::new();
     let policies: Vec<String> = results
         .first()
         .map(|r| r.runs.iter().map(|p| p.summary.policy.clone()).collect())
         .unwrap_or_default();
+    let mut out = String::new();
+    let mut goals = Goals::default();
+    summary(&mut out, results, &policies, &mut goals);
+    if policies.iter().any(|p| p == "streamq") && policies.iter().any(|p| p == "keda-best") {
+        goals.write(&mut out);
+    }
+    for r in results {
+        let s = &r.scenario;
+        let _ = writeln!(out, "\n## {}\n", s.name);
+        let _ = writeln!(out, "{}. {}.\n", describe(s), feasibility(s));
+        out.push_str(&markdown_table(r));
+        let link = plot_link_dir.join(format!("{}.png", s.name));
+        let _ = writeln!(out, "\n![{}]({})", s.name, link.display());
+    }
+    out
+}
 
+/// The summary table: each policy's attainment and cost per scenario, and streamq's ratio to
+/// keda-best.
+fn summary(out: &mut String, results: &[ScenarioRun], policies: &[String], goals: &mut Goals) {
     let _ = writeln!(out, "## Summary\n");
     let _ = writeln!(
         out,
@@ -139,19 +278,13 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
     );
     let mut header = "| scenario |".to_owned();
     let mut rule = "|---|".to_owned();
-    for p in &policies {
+    for p in policies {
         let _ = write!(header, " {p} in SLO % | {p} replica-s |");
         rule.push_str("---:|---:|");
     }
     header.push_str(" ratio | floor |");
     rule.push_str("---:|---:|");
     let _ = writeln!(out, "{header}\n{rule}");
-    let mut ratios = Vec::new();
-    let mut feasible_ratios = Vec::new();
-    let mut floors = Vec::new();
-    let mut streamq_missed = Vec::new();
-    let mut costlier = Vec::new();
-    let mut interrupted = 0;
     for r in results {
         let infeasible = r.scenario.overload_end().is_some();
         let mut row = format!(
@@ -160,26 +293,22 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
             r.scenario.name.to_lowercase(),
             if infeasible { " (infeasible)" } else { "" }
         );
-        for p in &policies {
+        for p in policies {
             match r.get(p) {
                 Some(run) => {
                     let label = match run.summary.param {
                         Some(param) if p == "keda-best" => format!(" (lagCount {param})"),
                         _ => String::new(),
                     };
-                    let _ = write!(
-                        row,
-                        " {:.2} | {:.0}{label} |",
-                        run.summary.within_slo_pct, run.summary.replica_seconds
-                    );
+                    let m = &run.summary.measures;
+                    let _ = write!(row, " {:.2} | {:.0}{label} |", m.within_slo_pct, m.replica_seconds);
                 }
                 None => row.push_str(" - | - |"),
             }
         }
-        let (sq, kb) = (r.get("streamq"), r.get("keda-best"));
-        let ratio = match (sq, kb) {
-            (Some(sq), Some(kb)) if kb.summary.replica_seconds > 0.0 => {
-                Some(sq.summary.replica_seconds / kb.summary.replica_seconds)
+        let ratio = match (r.get("streamq"), r.get("keda-best")) {
+            (Some(sq), Some(kb)) if kb.summary.measures.replica_seconds > 0.0 => {
+                Some(sq.summary.measures.replica_seconds / kb.summary.measures.replica_seconds)
             }
             _ => None,
         };
@@ -192,62 +321,83 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
             floor.map_or_else(|| "-".to_owned(), |x| format!("{x:.0}"))
         );
         out.push_str(&row);
-        if let Some(sq) = sq {
-            interrupted += sq.summary.interrupted;
-            if !infeasible && sq.summary.within_slo_pct < GOAL_WITHIN_SLO_PCT {
-                streamq_missed.push(format!("{} ({:.2} %)", r.scenario.name, sq.summary.within_slo_pct));
-            }
-            if let Some(ratio) = ratio
-                && !infeasible
-            {
-                feasible_ratios.push(ratio);
-            }
-            if let (Some(kb), Some(ratio)) = (kb, ratio)
-                && !infeasible
-                && sq.summary.within_slo_pct >= GOAL_WITHIN_SLO_PCT
-                && kb.summary.within_slo_pct >= KEDA_BEST_MIN_WITHIN_SLO_PCT
-            {
-                ratios.push(ratio);
-                floors.push(sq.busy_replica_seconds / kb.summary.replica_seconds);
-                if ratio > 1.0 {
-                    costlier.push(format!("{} ({ratio:.2})", r.scenario.name));
-                }
+        goals.add(r, ratio);
+    }
+}
+
+/// What the goals are judged on, gathered scenario by scenario.
+#[derive(Default)]
+struct Goals {
+    /// streamq ÷ keda-best replica-seconds where both meet the SLO.
+    ratios: Vec<f64>,
+    /// The same over every feasible scenario.
+    feasible_ratios: Vec<f64>,
+    /// The floor ÷ keda-best replica-seconds, where `ratios` has a ratio.
+    floors: Vec<f64>,
+    streamq_missed: Vec<String>,
+    costlier: Vec<String>,
+    interrupted: u64,
+}
+
+impl Goals {
+    fn add(&mut self, r: &ScenarioRun, ratio: Option<f64>) {
+        let Some(sq) = r.get("streamq") else { return };
+        let infeasible = r.scenario.overload_end().is_some();
+        let within = sq.summary.measures.within_slo_pct;
+        self.interrupted += sq.summary.measures.interrupted;
+        if !infeasible && within < GOAL_WITHIN_SLO_PCT {
+            self.streamq_missed.push(format!("{} ({within:.2} %)", r.scenario.name));
+        }
+        if let Some(ratio) = ratio
+            && !infeasible
+        {
+            self.feasible_ratios.push(ratio);
+        }
+        if let (Some(kb), Some(ratio)) = (r.get("keda-best"), ratio)
+            && !infeasible
+            && within >= GOAL_WITHIN_SLO_PCT
+            && kb.summary.measures.within_slo_pct >= KEDA_BEST_MIN_WITHIN_SLO_PCT
+        {
+            self.ratios.push(ratio);
+            self.floors
+                .push(sq.busy_replica_seconds / kb.summary.measures.replica_seconds);
+            if ratio > 1.0 {
+                self.costlier.push(format!("{} ({ratio:.2})", r.scenario.name));
             }
         }
     }
 
-    if policies.iter().any(|p| p == "streamq") && policies.iter().any(|p| p == "keda-best") {
+    fn write(&self, out: &mut String) {
+        let met_unless = |missed: &[String]| {
+            if missed.is_empty() {
+                "**met**.".to_owned()
+            } else {
+                format!("**missed** in {}.", missed.join(", "))
+            }
+        };
         let _ = writeln!(out, "\n### Goals\n");
         let _ = writeln!(
             out,
             "- streamq keeps ≥ {GOAL_WITHIN_SLO_PCT} % within SLO in every feasible scenario: {}",
-            if streamq_missed.is_empty() {
-                "**met**.".to_owned()
-            } else {
-                format!("**missed** in {}.", streamq_missed.join(", "))
-            }
+            met_unless(&self.streamq_missed)
         );
         let _ = writeln!(
             out,
             "- streamq's replica-seconds ≤ keda-best's wherever both meet the SLO ({} scenarios): {}",
-            ratios.len(),
-            if costlier.is_empty() {
-                "**met**.".to_owned()
-            } else {
-                format!("**missed** in {}.", costlier.join(", "))
-            }
+            self.ratios.len(),
+            met_unless(&self.costlier)
         );
         let _ = writeln!(
             out,
             "- median ratio ≤ {GOAL_MEDIAN_RATIO} over those {} scenarios: {}",
-            ratios.len(),
-            match median(ratios.clone()) {
+            self.ratios.len(),
+            match median(self.ratios.clone()) {
                 Some(m) if m <= GOAL_MEDIAN_RATIO => format!("**met** ({m:.2})."),
                 Some(m) => format!(
                     "**missed** ({m:.2}). No policy can use fewer replica-seconds than the messages' \
                      handler time ÷ concurrency; in these scenarios that floor alone is a median {:.2} \
                      of keda-best's.",
-                    median(floors.clone()).unwrap_or(f64::NAN)
+                    median(self.floors.clone()).unwrap_or(f64::NAN)
                 ),
                 None => "no scenario where both meet the SLO.".to_owned(),
             }
@@ -259,69 +409,85 @@ pub fn markdown(results: &[ScenarioRun], plot_link_dir: &Path) -> String {
             out,
             "- the same median over every feasible scenario ({}), keda-best at its best attainment \
              where it misses the SLO: {}",
-            feasible_ratios.len(),
-            median(feasible_ratios.clone()).map_or_else(|| "-".to_owned(), |m| format!("{m:.2}"))
+            self.feasible_ratios.len(),
+            median(self.feasible_ratios.clone()).map_or_else(|| "-".to_owned(), |m| format!("{m:.2}"))
         );
         let _ = writeln!(
             out,
             "- 0 interrupted messages with streamq: {}",
-            if interrupted == 0 {
+            if self.interrupted == 0 {
                 "**met**.".to_owned()
             } else {
-                format!("**missed** ({interrupted}).")
+                format!("**missed** ({}).", self.interrupted)
             }
         );
     }
-
-    for r in results {
-        let s = &r.scenario;
-        let infeasible = s.overload_end().is_some();
-        let _ = writeln!(out, "\n## {}\n", s.name);
-        let _ = writeln!(out, "{}. {}.\n", describe(s), feasibility(s));
-        let _ = writeln!(
-            out,
-            "| policy | param | messages | wait p50 s | p95 s | p99 s | max s | within SLO % | SLO violation s | replica-s | scale events | max backlog | interrupted |{}",
-            if infeasible { " drain |" } else { "" }
-        );
-        let _ = writeln!(
-            out,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
-            if infeasible { "---:|" } else { "" }
-        );
-        for run in &r.runs {
-            let m = &run.summary;
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {} | {} | {} |{}",
-                m.policy,
-                param(run),
-                m.messages,
-                m.wait_p50_s,
-                m.wait_p95_s,
-                m.wait_p99_s,
-                m.wait_max_s,
-                m.within_slo_pct,
-                m.slo_violation_s,
-                m.replica_seconds,
-                m.scale_events,
-                m.max_backlog,
-                m.interrupted,
-                if infeasible {
-                    format!(" {} |", drain(run))
-                } else {
-                    String::new()
-                }
-            );
-        }
-        let link = plot_link_dir.join(format!("{}.png", s.name));
-        let _ = writeln!(out, "\n![{}]({})", s.name, link.display());
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(max_replicas: u32) -> ScenarioRun {
+        let scenario = Scenario::parse(&format!(
+            "
+name: tiny
+duration: 60s
+seed: 1
+arrivals: [{{at: 0s, rate: 5}}]
+processing: {{distribution: constant, mean: 500ms}}
+pod_startup: 5s
+consumer: {{concurrency: 1, min_replicas: 1, max_replicas: {max_replicas}, initial_replicas: 1}}
+slo: {{target_latency: 10s}}
+"
+        ))
+        .unwrap();
+        crate::simulate::simulate(&scenario, crate::simulate::PolicyChoice::Wpa, 5, false)
+    }
+
+    #[test]
+    fn both_styles_render_the_same_columns() {
+        let feasible = run(10);
+        let text = text_table(&feasible);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[2],
+            "  policy      param messages    p50 s    p95 s    p99 s    max s  in SLO %    late s    replica-s scales  backlog   intr"
+        );
+        assert!(
+            lines[3].starts_with(&format!("  {:<10} {:>6} ", "wpa", "-")),
+            "{}",
+            lines[3]
+        );
+        assert_eq!(lines[3].len(), lines[2].len());
+        let markdown = markdown_table(&feasible);
+        let lines: Vec<&str> = markdown.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| policy | param | messages | wait p50 s | p95 s | p99 s | max s | within SLO % | SLO violation s | replica-s | scale events | max backlog | interrupted |"
+        );
+        assert_eq!(
+            lines[1],
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        assert!(lines[2].starts_with("| wpa | - | "), "{}", lines[2]);
+
+        // 5/s × 0.5 s needs 3 replicas: beyond 2, the drain time is added.
+        let infeasible = run(2);
+        let text = text_table(&infeasible);
+        assert!(text.lines().nth(2).unwrap().ends_with("   intr  drain"), "{text}");
+        assert!(text.lines().nth(3).unwrap().ends_with("  not drained"), "{text}");
+        let markdown = markdown_table(&infeasible);
+        assert!(
+            markdown.lines().next().unwrap().ends_with("| interrupted | drain |"),
+            "{markdown}"
+        );
+        assert!(markdown.lines().nth(1).unwrap().ends_with("---:|---:|"), "{markdown}");
+        assert!(
+            markdown.lines().nth(2).unwrap().ends_with(" | not drained |"),
+            "{markdown}"
+        );
+    }
 
     #[test]
     fn median_of_even_and_odd() {

@@ -293,7 +293,7 @@ impl Scenario {
 
     /// The traffic of this scenario, the same for every policy (common random numbers: the
     /// policies are compared on identical arrivals and identical service-time draws).
-    pub fn workload(&self) -> Workload {
+    pub fn traffic(&self) -> Traffic {
         // Independent streams of one seed: arrivals and service draws do not shift each other.
         let mut arrivals_rng = ChaCha8Rng::seed_from_u64(self.seed);
         arrivals_rng.set_stream(1);
@@ -335,13 +335,13 @@ impl Scenario {
                 }
             })
             .collect();
-        Workload { arrivals, draws }
+        Traffic { arrivals, draws }
     }
 }
 
 /// Arrival times and the unit service-time draw of each message.
 #[derive(Clone, Debug)]
-pub struct Workload {
+pub struct Traffic {
     /// Seconds since the start, ascending.
     pub arrivals: Vec<f64>,
     /// Service time ÷ mean for each message (mean 1).
@@ -395,9 +395,9 @@ slo: {target_latency: 30s}
     }
 
     #[test]
-    fn same_seed_same_workload_and_the_rate_is_honoured() {
+    fn same_seed_same_traffic_and_the_rate_is_honoured() {
         let s = Scenario::parse(BURST).unwrap();
-        let (a, b) = (s.workload(), s.workload());
+        let (a, b) = (s.traffic(), s.traffic());
         assert_eq!(a.arrivals, b.arrivals);
         assert_eq!(a.draws, b.draws);
         let expected = s.expected_messages();
@@ -407,9 +407,7 @@ slo: {target_latency: 30s}
         assert!((in_burst - 120_000.0).abs() < 2_000.0, "{in_burst}");
         let mean_draw = a.draws.iter().sum::<f64>() / n;
         assert!((mean_draw - 1.0).abs() < 0.01, "{mean_draw}");
-        let other = Scenario::parse(&BURST.replace("seed: 7", "seed: 8"))
-            .unwrap()
-            .workload();
+        let other = Scenario::parse(&BURST.replace("seed: 7", "seed: 8")).unwrap().traffic();
         assert_ne!(a.arrivals, other.arrivals);
     }
 
@@ -421,7 +419,7 @@ slo: {target_latency: 30s}
                 .replace("mean: 200ms\n", "mean: 200ms\n  sigma: 1.0\n"),
         )
         .unwrap();
-        let w = s.workload();
+        let w = s.traffic();
         let mean = w.draws.iter().sum::<f64>() / w.draws.len() as f64;
         assert!((mean - 1.0).abs() < 0.03, "{mean}");
     }

@@ -38,7 +38,7 @@ fn same_seed_same_results() {
 #[test]
 fn json_has_exactly_the_documented_keys() {
     let s = scenario("");
-    let run = run_wpa(&s, &s.workload());
+    let run = run_wpa(&s, &s.traffic());
     let value = serde_json::to_value(&run.summary).unwrap();
     let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
     let mut expected = vec![
@@ -66,10 +66,10 @@ fn json_has_exactly_the_documented_keys() {
 #[test]
 fn streamq_meets_the_target_without_interrupting() {
     let s = scenario("");
-    let run = run_streamq(&s, &s.workload(), false);
-    assert_eq!(run.summary.interrupted, 0);
-    assert!(run.summary.within_slo_pct >= 99.0, "{:?}", run.summary);
-    assert!(run.summary.messages > 10_000);
+    let run = run_streamq(&s, &s.traffic(), false);
+    assert_eq!(run.summary.measures.interrupted, 0);
+    assert!(run.summary.measures.within_slo_pct >= 99.0, "{:?}", run.summary);
+    assert!(run.summary.measures.messages > 10_000);
 }
 
 #[test]
@@ -79,12 +79,12 @@ fn replica_seconds_count_every_pod_that_exists() {
     let mut fixed = s.clone();
     fixed.consumer.min_replicas = 4;
     fixed.consumer.max_replicas = 4;
-    let run = run_keda(&fixed, &fixed.workload(), 5, "keda");
-    assert_eq!(run.summary.scale_events, 0);
+    let run = run_keda(&fixed, &fixed.traffic(), 5, "keda");
+    assert_eq!(run.summary.measures.scale_events, 0);
     assert!(
-        (run.summary.replica_seconds - 2400.0).abs() < 1e-6,
+        (run.summary.measures.replica_seconds - 2400.0).abs() < 1e-6,
         "{}",
-        run.summary.replica_seconds
+        run.summary.measures.replica_seconds
     );
 }
 
@@ -95,10 +95,14 @@ fn arbitrary_scale_down_interrupts_and_redelivers_after_the_timeout() {
     let mut s = scenario("");
     s.arrivals.last_mut().unwrap().rate = 40.0;
     s.duration = crate::api::Duration::from_secs(1200);
-    let run = run_keda(&s, &s.workload(), 1, "keda");
-    assert!(run.summary.interrupted > 0, "{:?}", run.summary);
+    let run = run_keda(&s, &s.traffic(), 1, "keda");
+    assert!(run.summary.measures.interrupted > 0, "{:?}", run.summary);
     // An interrupted message waits out the visibility timeout.
-    assert!(run.summary.wait_max_s >= VISIBILITY_TIMEOUT, "{:?}", run.summary);
+    assert!(
+        run.summary.measures.wait_max_s >= VISIBILITY_TIMEOUT,
+        "{:?}",
+        run.summary
+    );
 }
 
 #[test]
@@ -128,10 +132,10 @@ fn hpa_scale_down_waits_for_the_stabilization_window_and_respects_tolerance() {
 
 fn run_with(policy: &str, within: f64, replica_seconds: f64, param: u64) -> PolicyRun {
     let s = scenario("");
-    let mut run = run_wpa(&s, &s.workload());
+    let mut run = run_wpa(&s, &s.traffic());
     run.summary.policy = policy.into();
-    run.summary.within_slo_pct = within;
-    run.summary.replica_seconds = replica_seconds;
+    run.summary.measures.within_slo_pct = within;
+    run.summary.measures.replica_seconds = replica_seconds;
     run.summary.param = Some(param);
     run
 }
@@ -157,7 +161,7 @@ fn infeasible_scenarios_report_a_drain_time() {
     let mut s = scenario("");
     s.consumer.max_replicas = 8; // 60/s × 0.2 s needs 12
     s.consumer.initial_replicas = 4;
-    let run = run_streamq(&s, &s.workload(), false);
+    let run = run_streamq(&s, &s.traffic(), false);
     let drain = run.drain_s.expect("drained before the end");
     assert!(drain > 0.0 && drain < 300.0, "{drain}");
 }

@@ -1,18 +1,7 @@
-//! The closed loop on the real cluster (issue 6): kwok runs no containers, so this harness
-//! plays the kubelet and the containers of a Consumer's pods.
-//!
-//! - [`PodWorkers`] watches the pods and keeps one local `streamq worker` process per pod,
-//!   started the scenario's start-up delay after the pod appeared, with the environment the
-//!   pod spec gives its container (Secret keys and the pod name resolved as the kubelet
-//!   resolves them), and stopped with SIGTERM when the pod is deleted (graceful drain). It
-//!   reports the pod Ready only once its worker runs, as a kubelet would once the container
-//!   started, so that `readyReplicas` and the ReplicaSet's choice of pods to delete (not-ready
-//!   first) mean what they mean on a real cluster.
-//! - [`Handler`] is the workers' `--http` endpoint: it records when each message's processing
-//!   starts and sleeps the service time the scenario gives that message.
-//! - [`ChangeLog`] records every change of the Deployment's `spec.replicas` (and of the
-//!   Consumer's last scaling reason).
-//! - [`measure`] turns those records into the simulator's measures.
+//! The closed loop on the real cluster: kwok runs no containers, so this harness plays the
+//! kubelet and the containers of a Consumer's pods ([`PodWorkers`]), serves the workers'
+//! handler ([`Handler`]), records the Deployment's scaling ([`ChangeLog`]), and turns those
+//! records into the simulator's measures ([`measure`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -30,6 +19,7 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
+use streamq::simulate::{Measures, Meter};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 /// One pod's life as the harness saw it.
@@ -69,7 +59,11 @@ struct Shared {
     errors: Vec<String>,
 }
 
-/// One `streamq worker` process per pod of a Consumer (see the module docs).
+/// One local `streamq worker` process per pod of a Consumer, started the scenario's start-up
+/// after the pod appeared, with the environment the kubelet would give its container, and sent
+/// SIGTERM when the pod is deleted. The pod is reported Ready only once its worker runs, so that
+/// `readyReplicas` and the ReplicaSet's choice of pods to delete (not-ready first) mean what
+/// they mean on a real cluster.
 pub struct PodWorkers {
     shared: Arc<Mutex<Shared>>,
     task: JoinHandle<()>,
@@ -567,94 +561,80 @@ pub struct MessageTimes {
     pub deliveries: u32,
 }
 
-/// The measures over `[0, duration]`, defined as in the simulator (src/simulate/engine.rs):
-/// - wait = processing start − enqueue; a message never started waited until the end;
-///   percentiles by nearest rank;
-/// - slo_violation_s: the time during which the oldest waiting message is older than the
-///   target, i.e. the union of `[enqueue + target, start)` over the messages;
-/// - replica_seconds: every pod from its creation until it is gone (starting and draining
-///   pods included), clipped to the window; `None` as the end means still alive;
-/// - scale_events: changes of spec.replicas within the window;
-/// - max_backlog: the most messages enqueued and not yet started at once;
-/// - interrupted: messages delivered more than once.
-///
-/// The result is the simulator's own `Summary`, with policy `real`, so the two compare field by field.
+/// The measures over `[0, duration]`, taken by the simulator's own [`Meter`] as the engine takes
+/// them: a message waits until its first processing start, a pod counts from its creation until
+/// it is gone (`None`: still alive), scale events are changes of spec.replicas within the
+/// window, and a message delivered more than once was interrupted.
 pub fn measure(
-    scenario: &str,
     messages: &[MessageTimes],
     pods: &[(f64, Option<f64>)],
     replica_changes: &[f64],
     target: f64,
     duration: f64,
-) -> streamq::simulate::Summary {
-    let mut waits: Vec<f64> = messages
+) -> Measures {
+    #[derive(Clone, Copy)]
+    enum Change {
+        Enqueued,
+        Started,
+        PodCreated,
+        PodGone,
+        Scaled,
+    }
+    let mut changes: Vec<(f64, Change)> = messages
         .iter()
-        .map(|m| m.started.unwrap_or(duration) - m.enqueued)
+        .flat_map(|m| {
+            [
+                Some((m.enqueued, Change::Enqueued)),
+                m.started.map(|t| (t, Change::Started)),
+            ]
+        })
+        .chain(
+            pods.iter()
+                .flat_map(|&(created, end)| [Some((created, Change::PodCreated)), end.map(|t| (t, Change::PodGone))]),
+        )
+        .flatten()
+        .chain(replica_changes.iter().map(|&t| (t, Change::Scaled)))
+        .filter(|&(t, _)| t <= duration)
         .collect();
-    let within = waits.iter().filter(|&&w| w <= target).count();
-    waits.sort_unstable_by(f64::total_cmp);
-    let pct = |q: f64| -> f64 {
-        if waits.is_empty() {
-            return 0.0;
+    changes.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // In enqueue order, the oldest waiting message is the first one not started yet.
+    let mut by_enqueue: Vec<&MessageTimes> = messages.iter().collect();
+    by_enqueue.sort_by(|a, b| a.enqueued.total_cmp(&b.enqueued));
+    let mut first_unstarted = 0;
+    let mut oldest_waiting = |at: f64| {
+        while by_enqueue
+            .get(first_unstarted)
+            .is_some_and(|m| m.started.is_some_and(|s| s <= at))
+        {
+            first_unstarted += 1;
         }
-        let rank = ((q * waits.len() as f64).ceil() as usize).clamp(1, waits.len());
-        waits[rank - 1]
+        by_enqueue.get(first_unstarted).map(|m| m.enqueued).filter(|&e| e <= at)
     };
 
-    let mut late: Vec<(f64, f64)> = messages
-        .iter()
-        .map(|m| (m.enqueued + target, m.started.unwrap_or(duration).min(duration)))
-        .filter(|(from, to)| to > from)
-        .collect();
-    late.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut slo_violation_s = 0.0;
-    let mut covered_to = f64::NEG_INFINITY;
-    for (from, to) in late {
-        let from = from.max(covered_to);
-        if to > from {
-            slo_violation_s += to - from;
-            covered_to = to;
+    let mut meter = Meter::new(target);
+    // The state since `since`; what happened before 0 only sets the initial state.
+    let (mut since, mut pods_alive, mut waiting) = (0.0, 0usize, 0i64);
+    let mut changes = changes.into_iter().peekable();
+    while let Some(&(t, _)) = changes.peek() {
+        if t > since {
+            meter.elapse(since, t, pods_alive, oldest_waiting(since));
+            since = t;
         }
+        while let Some((_, change)) = changes.next_if(|&(at, _)| at == t) {
+            match change {
+                Change::Enqueued => waiting += 1,
+                Change::Started => waiting -= 1,
+                Change::PodCreated => pods_alive += 1,
+                Change::PodGone => pods_alive -= 1,
+                Change::Scaled if t > 0.0 => meter.scaled(),
+                Change::Scaled => {}
+            }
+        }
+        meter.backlog(u64::try_from(waiting).unwrap_or(0));
     }
-
-    let replica_seconds = pods
-        .iter()
-        .map(|&(created, end)| (end.unwrap_or(duration).min(duration) - created.max(0.0)).max(0.0))
-        .sum();
-
-    // +1 at each enqueue, −1 at each start; at equal times the start goes first.
-    let mut steps: Vec<(f64, i64)> = messages
-        .iter()
-        .flat_map(|m| [(m.enqueued, 1), (m.started.unwrap_or(f64::INFINITY), -1)])
-        .collect();
-    steps.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let mut backlog = 0i64;
-    let mut max_backlog = 0i64;
-    for (_, step) in steps {
-        backlog += step;
-        max_backlog = max_backlog.max(backlog);
-    }
-
-    streamq::simulate::Summary {
-        scenario: scenario.to_owned(),
-        policy: "real".to_owned(),
-        param: None,
-        messages: messages.len() as u64,
-        wait_p50_s: pct(0.50),
-        wait_p95_s: pct(0.95),
-        wait_p99_s: pct(0.99),
-        wait_max_s: waits.last().copied().unwrap_or(0.0),
-        within_slo_pct: if messages.is_empty() {
-            100.0
-        } else {
-            within as f64 * 100.0 / messages.len() as f64
-        },
-        slo_violation_s,
-        replica_seconds,
-        scale_events: replica_changes.iter().filter(|&&t| t > 0.0 && t <= duration).count() as u64,
-        max_backlog: max_backlog as u64,
-        interrupted: messages.iter().filter(|m| m.deliveries > 1).count() as u64,
-    }
+    meter.elapse(since, duration, pods_alive, oldest_waiting(since));
+    meter.interrupted(messages.iter().filter(|m| m.deliveries > 1).count() as u64);
+    meter.finish(duration, messages.iter().map(|m| (m.enqueued, m.started)))
 }
 
 /// The milliseconds part of a stream ID: when Redis appended the entry.
