@@ -37,8 +37,7 @@ pub struct Config {
     pub namespace: Option<String>,
     pub resync_interval: Duration,
     pub sample_interval: Duration,
-    /// The autoscaler's assumed time from replicas raised to a worker consuming.
-    pub pod_startup: Duration,
+    pub pod_startup: consumer::PodStartup,
     pub queue_cleanup_timeout: Duration,
     /// Development only: `namespace/queue` → `host:port` of a managed Redis.
     pub dev_redis_addresses: BTreeMap<String, String>,
@@ -168,13 +167,22 @@ async fn run_controllers(
         shutdown.clone(),
     );
     let mark_ready = {
-        let ready = ready.clone();
+        let (ready, shutdown) = (ready.clone(), shutdown.clone());
         async move {
             // Not ready until both caches hold the cluster's state; a
             // reconcile before that could act on a partial view.
-            if queue_store.wait_until_ready().await.is_ok() && consumer_store.wait_until_ready().await.is_ok() {
-                ready.store(true, Ordering::Relaxed);
-                tracing::info!("caches synced; ready");
+            let synced = async {
+                queue_store.wait_until_ready().await.is_ok() && consumer_store.wait_until_ready().await.is_ok()
+            };
+            // A shutdown before the caches synced ends this wait too: the
+            // stores' writers may outlive the controllers, so the wait alone
+            // would never end and the process would not exit.
+            tokio::select! {
+                true = synced => {
+                    ready.store(true, Ordering::Relaxed);
+                    tracing::info!("caches synced; ready");
+                }
+                () = shutdown.cancelled() => {}
             }
         }
     };
