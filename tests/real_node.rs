@@ -254,6 +254,8 @@ async fn examples_as_written_and_a_graceful_scale_down() {
         "examples: 200 published, consumed by {} real worker pod(s)",
         billing.status.and_then(|s| s.ready_replicas).unwrap_or(0)
     );
+    let startup = measured_pod_startup(&consumers, "billing").await;
+    println!("examples: billing's measured pod start-up {startup:?}");
 
     // Slow handlers on 3 pods; scaled to 1 while every pod holds a message.
     let slow = json!({
@@ -311,6 +313,22 @@ async fn examples_as_written_and_a_graceful_scale_down() {
         "scale-down 3 → 1 with 12 slow messages: 12 acked, 0 pending, 0 dead-lettered; pods left {}",
         left.items.len()
     );
+}
+
+/// The Consumer's `status.podStartup` once the operator measured it from a Ready pod.
+async fn measured_pod_startup(consumers: &Api<Consumer>, name: &str) -> Duration {
+    let measured = wait_for_within(consumers, name, "its pod start-up measured", POD_TIMEOUT, |c| {
+        c.status.as_ref().is_some_and(|s| s.pod_startup.is_some())
+    })
+    .await;
+    let text = measured.status.and_then(|s| s.pod_startup).unwrap_or_default();
+    let startup = text
+        .parse::<streamq::api::Duration>()
+        .unwrap_or_else(|e| panic!("podStartup {text:?} is not a duration: {e}"))
+        .as_std();
+    // The API's times are to the second, so a fast pod may read 0s.
+    assert!(startup < POD_TIMEOUT, "podStartup {text} is no pod's creation → Ready");
+    startup
 }
 
 /// Waits until the chart's Deployment has `replicas` pods Ready (through their probes).

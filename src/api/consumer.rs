@@ -202,6 +202,11 @@ pub struct ConsumerStatus {
     /// Measured processing time of one message, such as `190ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processing_time: Option<String>,
+    /// Measured time from a worker pod's creation to Ready, such as `1.2s`: the median over the
+    /// Consumer's 20 most recent pods, to the second (the API's time resolution). The autoscaler sizes with it; until a pod was Ready it
+    /// uses the operator's `--pod-startup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_startup: Option<String>,
     /// When the operator last changed the replica count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,

@@ -14,6 +14,7 @@ mod policy;
 mod reason;
 mod rule;
 pub mod sizing;
+pub mod startup;
 mod window;
 
 use std::time::Duration;

@@ -24,6 +24,12 @@ pub struct RunArgs {
     /// autoscaler sizes so that backlog drains within targetLatency minus this.
     #[arg(long, env = "STREAMQ_POD_STARTUP", default_value = "10s")]
     pub pod_startup: Duration,
+    /// Measure each Consumer's pod start-up (creation → Ready, the median of
+    /// its recent pods) and size with it, `--pod-startup` being the prior
+    /// until a pod was Ready. `false` sizes every Consumer with
+    /// `--pod-startup`, for workers whose Ready does not mean consuming.
+    #[arg(long, env = "STREAMQ_MEASURE_POD_STARTUP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub measure_pod_startup: bool,
     /// How long a deleted Queue waits for its Redis to come back before the
     /// cleanup is abandoned (an Event says so) and the finalizer removed.
     #[arg(long, env = "STREAMQ_QUEUE_CLEANUP_TIMEOUT", default_value = "2m")]
@@ -66,7 +72,10 @@ pub async fn main(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         resync_interval: args.resync_interval.as_std(),
         sample_interval: args.sample_interval.as_std(),
-        pod_startup: args.pod_startup.as_std(),
+        pod_startup: streamq::consumer::PodStartup {
+            prior: args.pod_startup.as_std(),
+            measured: args.measure_pod_startup,
+        },
         queue_cleanup_timeout: args.queue_cleanup_timeout.as_std(),
         dev_redis_addresses: args.dev_redis_addresses.into_iter().collect(),
         leader_election: args.leader_election.then(|| operator::LeaderElection {

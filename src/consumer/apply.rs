@@ -4,13 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
-use kube::{
-    Api, ResourceExt,
-    api::{ListParams, PartialObjectMeta},
-    runtime::events::EventType,
-};
+use kube::{Api, ResourceExt, api::ListParams, runtime::events::EventType};
 
-use super::{Context, build, build::QueueFacts, plan};
+use super::{Context, build, build::QueueFacts, plan, startup};
 use crate::{
     api::{Consumer, Queue, StartFrom},
     k8s,
@@ -71,9 +67,12 @@ pub async fn deployment(
     let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let selector = build::selector(consumer);
     let pod_list = pods
-        .list_metadata(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| Problem::kube("listing pods", &selector, e))?;
+    ctx.decisions
+        .record_startups(&uid, pod_list.items.iter().filter_map(startup::of))
+        .await;
     let consumer_pending = ctx.decisions.consumer_pending(&uid).await;
     tidy_group(
         consumer,
@@ -128,7 +127,7 @@ pub async fn deployment(
 /// scale-down idle workers go and busy ones finish their work.
 async fn protect_busy_pods(
     pods: &Api<Pod>,
-    items: &[PartialObjectMeta<Pod>],
+    items: &[Pod],
     pending: Option<&BTreeMap<String, u64>>,
 ) -> Result<(), Problem> {
     for pod in items {
@@ -160,7 +159,7 @@ async fn tidy_group(
     ctx: &Context,
     admin: &mut Admin,
     stream: &str,
-    pods: &[PartialObjectMeta<Pod>],
+    pods: &[Pod],
     pending: Option<&BTreeMap<String, u64>>,
 ) {
     let Some(pending) = pending else { return };

@@ -10,14 +10,21 @@ use tokio::sync::Mutex;
 
 use crate::{
     api::{ConsumerStatus, Duration as ApiDuration},
-    autoscale::{Decision, LagSource},
+    autoscale::{
+        Decision, LagSource,
+        startup::{PodStart, StartupHistory},
+    },
 };
 
 /// The latest decision and observation per Consumer uid, and the last
 /// scaling the controller did (kept here, not read back from the cached
 /// status, which can be one write behind).
 #[derive(Default)]
-pub struct Decisions(Mutex<HashMap<String, Latest>>, Mutex<HashMap<String, LastScale>>);
+pub struct Decisions(
+    Mutex<HashMap<String, Latest>>,
+    Mutex<HashMap<String, LastScale>>,
+    Mutex<HashMap<String, StartupHistory>>,
+);
 
 #[derive(Clone)]
 pub struct LastScale {
@@ -57,12 +64,30 @@ impl Decisions {
         self.1.lock().await.get(uid).cloned()
     }
 
+    /// Records the start-up of the Consumer's pods that were Ready.
+    pub async fn record_startups(&self, uid: &str, starts: impl IntoIterator<Item = PodStart>) {
+        self.2.lock().await.entry(uid.to_owned()).or_default().record(starts);
+    }
+
+    /// The measured pod start-up: the median of the recent pods.
+    pub async fn pod_startup(&self, uid: &str) -> Option<Duration> {
+        self.2.lock().await.get(uid)?.median()
+    }
+
     pub async fn reason(&self, uid: &str) -> Option<String> {
         self.0.lock().await.get(uid).map(|l| l.decision.reason.to_string())
     }
 
     /// The status fields the sampler knows, over `previous`.
     pub async fn observed_status(&self, uid: &str, previous: ConsumerStatus) -> ConsumerStatus {
+        let previous = ConsumerStatus {
+            pod_startup: self
+                .pod_startup(uid)
+                .await
+                .map(|d| millis(d).to_string())
+                .or(previous.pod_startup),
+            ..previous
+        };
         let Some(latest) = self.0.lock().await.get(uid).cloned() else {
             return previous;
         };
@@ -83,9 +108,7 @@ impl Decisions {
             ),
             arrival_rate: e.arrival_rate.map(round),
             completion_rate: e.completion_rate.map(round),
-            processing_time: Some(
-                ApiDuration::from_millis(u64::try_from(e.processing_time.as_millis()).unwrap_or(u64::MAX)).to_string(),
-            ),
+            processing_time: Some(millis(e.processing_time).to_string()),
             ..previous
         }
     }
@@ -97,7 +120,12 @@ impl Decisions {
     pub(super) async fn forget_missing(&self, alive: &[String]) {
         self.0.lock().await.retain(|uid, _| alive.contains(uid));
         self.1.lock().await.retain(|uid, _| alive.contains(uid));
+        self.2.lock().await.retain(|uid, _| alive.contains(uid));
     }
+}
+
+fn millis(d: Duration) -> ApiDuration {
+    ApiDuration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn round_to_second(d: Duration) -> Duration {

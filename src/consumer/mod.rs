@@ -10,6 +10,7 @@ mod decisions;
 mod inputs;
 mod plan;
 pub mod sampler;
+mod startup;
 mod status;
 mod validate;
 
@@ -45,12 +46,20 @@ pub struct Context {
     /// The autoscaler's latest decision per Consumer, written by the sampler.
     decisions: Decisions,
     sample_interval: Duration,
-    /// The autoscaler's assumed time from replicas raised to a worker consuming.
-    pod_startup: Duration,
+    pod_startup: PodStartup,
+}
+
+/// Where the autoscaler's time from replicas raised to a worker consuming comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct PodStartup {
+    /// Used until a pod of the Consumer was Ready, and always when not `measured`.
+    pub prior: Duration,
+    /// Size with each Consumer's measured start-up once there is one.
+    pub measured: bool,
 }
 
 impl Context {
-    pub fn new(shared: Arc<Shared>, sample_interval: Duration, pod_startup: Duration) -> Self {
+    pub fn new(shared: Arc<Shared>, sample_interval: Duration, pod_startup: PodStartup) -> Self {
         Self {
             shared,
             decisions: Decisions::default(),

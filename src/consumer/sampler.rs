@@ -82,7 +82,13 @@ async fn group_by_redis(
 ) -> BTreeMap<String, Members> {
     let mut by_redis: BTreeMap<String, Members> = BTreeMap::new();
     for consumer in all {
-        let Some(policy) = policy(consumer, ctx.pod_startup) else {
+        let uid = consumer.uid().unwrap_or_default();
+        let measured = if ctx.pod_startup.measured {
+            ctx.decisions.pod_startup(&uid).await
+        } else {
+            None
+        };
+        let Some(policy) = policy(consumer, measured.unwrap_or(ctx.pod_startup.prior)) else {
             continue;
         };
         let queue_ref = ObjectRef::new(&consumer.spec.queue_ref.name).within(&consumer.namespace().unwrap_or_default());
@@ -90,7 +96,6 @@ async fn group_by_redis(
         let Some(url) = ctx.shared.brokers.admin_url(&queue.uid().unwrap_or_default()).await else {
             continue;
         };
-        let uid = consumer.uid().unwrap_or_default();
         let scaler = scalers
             .by_uid
             .entry(uid)
