@@ -133,6 +133,10 @@ node_network() {
     iptables -I INPUT -i "$NODE_VETH" -j "$NODE_CHAIN" -m comment --comment "streamq node $NODE_NETNS"
     iptables -I FORWARD -i "$NODE_VETH" -j DROP -m comment --comment "streamq node $NODE_NETNS"
   fi
+  # This machine's own processes reach the same two ports at the address the
+  # pods use, so one Redis URL serves an operator outside the cluster and its pods.
+  local out=(-d "$NODE_HOST_IP" -j "$NODE_CHAIN" -m comment --comment "streamq node $NODE_NETNS")
+  iptables -t nat -C OUTPUT "${out[@]}" 2>/dev/null || iptables -t nat -I OUTPUT "${out[@]}"
 }
 
 # The parent of every pod cgroup, in each v1 hierarchy (the kubelet wants it to exist).
@@ -487,6 +491,7 @@ node_down() {
   fi
   ip link delete "$NODE_VETH" 2>/dev/null || true
   while iptables -t nat -D PREROUTING -i "$NODE_VETH" -j "$NODE_CHAIN" -m comment --comment "streamq node $NODE_NETNS" 2>/dev/null; do :; done
+  while iptables -t nat -D OUTPUT -d "$NODE_HOST_IP" -j "$NODE_CHAIN" -m comment --comment "streamq node $NODE_NETNS" 2>/dev/null; do :; done
   while iptables -D INPUT -i "$NODE_VETH" -j "$NODE_CHAIN" -m comment --comment "streamq node $NODE_NETNS" 2>/dev/null; do :; done
   while iptables -D FORWARD -i "$NODE_VETH" -j DROP -m comment --comment "streamq node $NODE_NETNS" 2>/dev/null; do :; done
   iptables -t nat -F "$NODE_CHAIN" 2>/dev/null && iptables -t nat -X "$NODE_CHAIN" 2>/dev/null || true
