@@ -20,11 +20,12 @@ use crate::{
 /// scaling the controller did (kept here, not read back from the cached
 /// status, which can be one write behind).
 #[derive(Default)]
-pub struct Decisions(
-    Mutex<HashMap<String, Latest>>,
-    Mutex<HashMap<String, LastScale>>,
-    Mutex<HashMap<String, StartupHistory>>,
-);
+pub struct Decisions {
+    latest: Mutex<HashMap<String, Latest>>,
+    last_scale: Mutex<HashMap<String, LastScale>>,
+    /// The start-ups of each Consumer's recent pods.
+    startups: Mutex<HashMap<String, StartupHistory>>,
+}
 
 #[derive(Clone)]
 pub struct LastScale {
@@ -45,37 +46,37 @@ pub(super) struct Latest {
 impl Decisions {
     /// The replicas the autoscaler wants, unless it is holding for lack of data.
     pub async fn replicas(&self, uid: &str) -> Option<i32> {
-        let latest = self.0.lock().await.get(uid).cloned()?;
+        let latest = self.latest.lock().await.get(uid).cloned()?;
         (!latest.decision.hold).then(|| i32::try_from(latest.decision.replicas).unwrap_or(i32::MAX))
     }
 
     /// Pending entries per consumer name at the last good sample.
     pub async fn consumer_pending(&self, uid: &str) -> Option<BTreeMap<String, u64>> {
-        let latest = self.0.lock().await.get(uid).cloned()?;
+        let latest = self.latest.lock().await.get(uid).cloned()?;
         (!latest.decision.hold).then_some(latest.consumer_pending)
     }
 
     pub async fn record_scale(&self, uid: &str, reason: String) {
         let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
-        self.1.lock().await.insert(uid.to_owned(), LastScale { time, reason });
+        self.last_scale.lock().await.insert(uid.to_owned(), LastScale { time, reason });
     }
 
     pub async fn last_scale(&self, uid: &str) -> Option<LastScale> {
-        self.1.lock().await.get(uid).cloned()
+        self.last_scale.lock().await.get(uid).cloned()
     }
 
     /// Records the start-up of the Consumer's pods that were Ready.
     pub async fn record_startups(&self, uid: &str, starts: impl IntoIterator<Item = PodStart>) {
-        self.2.lock().await.entry(uid.to_owned()).or_default().record(starts);
+        self.startups.lock().await.entry(uid.to_owned()).or_default().record(starts);
     }
 
     /// The measured pod start-up: the median of the recent pods.
     pub async fn pod_startup(&self, uid: &str) -> Option<Duration> {
-        self.2.lock().await.get(uid)?.median()
+        self.startups.lock().await.get(uid)?.median()
     }
 
     pub async fn reason(&self, uid: &str) -> Option<String> {
-        self.0.lock().await.get(uid).map(|l| l.decision.reason.to_string())
+        self.latest.lock().await.get(uid).map(|l| l.decision.reason.to_string())
     }
 
     /// The status fields the sampler knows, over `previous`.
@@ -88,7 +89,7 @@ impl Decisions {
                 .or(previous.pod_startup),
             ..previous
         };
-        let Some(latest) = self.0.lock().await.get(uid).cloned() else {
+        let Some(latest) = self.latest.lock().await.get(uid).cloned() else {
             return previous;
         };
         let e = &latest.decision.estimates;
@@ -114,13 +115,13 @@ impl Decisions {
     }
 
     pub(super) async fn record(&self, uid: String, latest: Latest) {
-        self.0.lock().await.insert(uid, latest);
+        self.latest.lock().await.insert(uid, latest);
     }
 
     pub(super) async fn forget_missing(&self, alive: &[String]) {
-        self.0.lock().await.retain(|uid, _| alive.contains(uid));
-        self.1.lock().await.retain(|uid, _| alive.contains(uid));
-        self.2.lock().await.retain(|uid, _| alive.contains(uid));
+        self.latest.lock().await.retain(|uid, _| alive.contains(uid));
+        self.last_scale.lock().await.retain(|uid, _| alive.contains(uid));
+        self.startups.lock().await.retain(|uid, _| alive.contains(uid));
     }
 }
 
