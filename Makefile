@@ -65,5 +65,5 @@ bench-autoscale: ## Simulate bench/scenarios under every policy; writes docs/aut
 	scripts/bench-autoscale
 
 .PHONY: e2e-autoscale
-e2e-autoscale: ## Closed loop on the local control plane: real operator and workers vs the simulator (~6 min)
+e2e-autoscale: ## Closed loop: the real operator and worker pods on the real node vs the simulator (~6 min)
 	$(WITH_CLUSTER) cargo test --test e2e_autoscale -- --nocapture

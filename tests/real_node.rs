@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::Pod};
 use kube::{
@@ -15,55 +15,13 @@ use kube::{
 };
 use serde_json::json;
 use streamq::api::{ConditionStatus, Consumer, Queue};
-use support::{TestEnv, chart::Release, kubectl_ok, kubectl_stdin, repo_root, wait_for_within};
-
-/// Real pods pull nothing: the images are built from this build's binary.
-const IMAGE_TAG: &str = "0.1.0";
-/// Pods on the real node start in seconds, but a managed Redis also binds a volume.
-const POD_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn real_node() -> String {
-    std::env::var("STREAMQ_REAL_NODE").expect(
-        "the local cluster has no real node: run eval \"$(tests/cluster/up)\" with STREAMQ_REAL_NODE unset or 1",
-    )
-}
-
-/// Builds and imports the streamq images (`:<tag>` and `:<tag>-shell`) from
-/// the binary under test; cached by content, so repeated calls are cheap.
-fn build_images() {
-    let out = Command::new(repo_root().join("tests/cluster/images/build"))
-        .args(["--streamq", env!("CARGO_BIN_EXE_streamq"), "--tag", IMAGE_TAG])
-        .output()
-        .expect("run tests/cluster/images/build");
-    assert!(
-        out.status.success(),
-        "images/build failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A test namespace whose pods run on the real node.
-async fn real_env(prefix: &str) -> TestEnv {
-    let node = real_node();
-    let env = TestEnv::new(prefix).await;
-    kubectl_ok(
-        None,
-        &["label", "namespace", &env.namespace, "streamq.dev/real-node=true"],
-    );
-    build_images();
-    let nodes = kubectl_ok(
-        None,
-        &[
-            "get",
-            "node",
-            &node,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ],
-    );
-    assert_eq!(nodes.trim(), "True", "node {node} is not Ready");
-    env
-}
+use support::{
+    TestEnv,
+    chart::Release,
+    kubectl_ok, kubectl_stdin,
+    real_node::{IMAGE_TAG, POD_TIMEOUT, pod_redis_url, real_env, real_node, shell_image},
+    repo_root, wait_for_within,
+};
 
 async fn wait_queue_ready(env: &TestEnv, name: &str) -> Queue {
     let queues: Api<Queue> = Api::namespaced(env.client.clone(), &env.namespace);
@@ -93,7 +51,7 @@ async fn in_pod(env: &TestEnv, name: &str, credentials_secret: &str, script: &st
             "restartPolicy": "Never",
             "containers": [{
                 "name": "c",
-                "image": format!("ghcr.io/streamq/streamq:{IMAGE_TAG}-shell"),
+                "image": shell_image(),
                 "command": ["/bin/sh", "-ec", script],
                 "env": [
                     {"name": "STREAMQ_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": credentials_secret, "key": "url"}}},
@@ -225,7 +183,7 @@ async fn examples_as_written_and_a_graceful_scale_down() {
     let ns = env.namespace.as_str();
     let release = Release::install(&env, &[&format!("image.tag={IMAGE_TAG}"), "replicaCount=1"]);
     wait_operator_ready(&env, &release, 1).await;
-    let pod_redis_url = std::env::var("STREAMQ_POD_REDIS_URL").expect("STREAMQ_POD_REDIS_URL from tests/cluster/up");
+    let pod_redis_url = pod_redis_url();
     kubectl_ok(
         Some(ns),
         &[
@@ -265,7 +223,7 @@ async fn examples_as_written_and_a_graceful_scale_down() {
             "queueRef": {"name": "orders"}, "startFrom": "Latest", "replicas": 3, "concurrency": 1,
             "template": {"spec": {
                 "terminationGracePeriodSeconds": 30,
-                "containers": [{"name": "worker", "image": format!("ghcr.io/streamq/streamq:{IMAGE_TAG}-shell"),
+                "containers": [{"name": "worker", "image": shell_image(),
                     "args": ["worker", "--grace", "25s", "--", "/bin/sh", "-c", "cat > /dev/null; sleep 4"]}],
             }},
         },

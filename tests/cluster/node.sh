@@ -11,7 +11,8 @@
 #                                       $NODE_BRIDGE, pods in $POD_CIDR
 #
 # The host answers the node on $NODE_HOST_IP only for the apiserver and Redis
-# ports (DNAT to 127.0.0.1, route_localnet on the veth); anything else from the
+# ports and the harness port, where a test serves its pods (the closed loop's
+# HTTP handler) (DNAT to 127.0.0.1, route_localnet on the veth); anything else from the
 # node is dropped, and the host does not forward, so pods reach nothing else.
 # The node's names, addresses, directories and cgroup are derived from the
 # state directory, so two instances (two STREAMQ_CLUSTER_DIRs) never collide.
@@ -34,6 +35,8 @@ POD_CIDR=${STREAMQ_POD_CIDR:-10.250.$NODE_INDEX.0/24}
 NODE_BRIDGE=${STREAMQ_NODE_BRIDGE:-sqbr0}
 NODE_CGROUP=${STREAMQ_NODE_CGROUP:-/streamq-$node_id}
 NODE_CHAIN=STREAMQ-$node_id
+# A test's own endpoint for its pods, on 127.0.0.1 (tests/support/real_node.rs).
+HARNESS_PORT=${STREAMQ_HARNESS_PORT:-16380}
 KUBELET_PORT=${STREAMQ_KUBELET_PORT:-10250}
 KUBELET_HEALTHZ_PORT=${STREAMQ_KUBELET_HEALTHZ_PORT:-10248}
 KUBE_PROXY_METRICS_PORT=${STREAMQ_KUBE_PROXY_METRICS_PORT:-10249}
@@ -118,13 +121,14 @@ node_network() {
     # The host: 127.0.0.1 may be the DNAT target of packets from the veth.
     sysctl -qw "net.ipv4.conf.$NODE_VETH.route_localnet=1"
   fi
-  # The host's rules: only the apiserver and Redis, nothing else, for the node.
-  if ! iptables -t nat -nL "$NODE_CHAIN" >/dev/null 2>&1; then
-    iptables -t nat -N "$NODE_CHAIN"
-    local p
-    for p in "$APISERVER_PORT" "$REDIS_PORT"; do
-      iptables -t nat -A "$NODE_CHAIN" -d "$NODE_HOST_IP" -p tcp --dport "$p" -j DNAT --to-destination "127.0.0.1:$p"
-    done
+  # The host's rules: only the apiserver, Redis and the harness port, nothing else, for the node.
+  local p
+  for p in "$APISERVER_PORT" "$REDIS_PORT" "$HARNESS_PORT"; do
+    local dnat=(-d "$NODE_HOST_IP" -p tcp --dport "$p" -j DNAT --to-destination "127.0.0.1:$p")
+    iptables -t nat -N "$NODE_CHAIN" 2>/dev/null || true
+    iptables -t nat -C "$NODE_CHAIN" "${dnat[@]}" 2>/dev/null || iptables -t nat -A "$NODE_CHAIN" "${dnat[@]}"
+  done
+  if ! iptables -nL "$NODE_CHAIN" >/dev/null 2>&1; then
     iptables -t nat -I PREROUTING -i "$NODE_VETH" -j "$NODE_CHAIN" -m comment --comment "streamq node $NODE_NETNS"
     iptables -N "$NODE_CHAIN"
     iptables -A "$NODE_CHAIN" -m conntrack --ctstate ESTABLISHED,RELATED,DNAT -j ACCEPT

@@ -190,7 +190,12 @@ impl TestEnv {
 
     /// Creates an external Queue `name` (and the admin Secret) and waits until it is Ready.
     pub async fn ready_queue(&self, name: &str) -> Queue {
-        self.create_admin_secret().await;
+        self.ready_queue_at(name, &self.redis_url.clone()).await
+    }
+
+    /// [`Self::ready_queue`] on the Redis at `url` (for pods: the shared server's pod address).
+    pub async fn ready_queue_at(&self, name: &str, url: &str) -> Queue {
+        self.create_admin_secret_for(url).await;
         self.create(&external_queue(name, serde_json::json!({}))).await;
         wait_ready(&self.api::<Queue>(), name).await
     }

@@ -26,6 +26,7 @@ pub mod deliveries;
 pub mod fake_redis;
 pub mod kubelet;
 pub mod load;
+pub mod real_node;
 pub mod redis_queue;
 pub mod redis_server;
 
