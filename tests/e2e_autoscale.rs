@@ -208,7 +208,7 @@ async fn step_burst_on_the_real_cluster_agrees_with_the_simulator() {
             }
         })
         .collect();
-    let lifetimes: Vec<(f64, Option<f64>)> = pods.iter().map(|p| (rel(p.created), p.end().map(rel))).collect();
+    let lifetimes: Vec<(f64, Option<f64>)> = pods.iter().map(|p| (rel(p.created), p.gone.map(rel))).collect();
     let change_times: Vec<f64> = changes.iter().map(|(t, _)| rel(*t)).collect();
     let real = measure(&messages, &lifetimes, &change_times, target, duration);
 

@@ -11,8 +11,8 @@
 #                                       $NODE_BRIDGE, pods in $POD_CIDR
 #
 # The host answers the node on $NODE_HOST_IP only for the apiserver and Redis
-# ports and the harness port, where a test serves its pods (the closed loop's
-# HTTP handler) (DNAT to 127.0.0.1, route_localnet on the veth); anything else from the
+# ports and the harness port, where a test serves its pods, such as the closed
+# loop's HTTP handler (DNAT to 127.0.0.1, route_localnet on the veth); anything else from the
 # node is dropped, and the host does not forward, so pods reach nothing else.
 # The node's names, addresses, directories and cgroup are derived from the
 # state directory, so two instances (two STREAMQ_CLUSTER_DIRs) never collide.
@@ -123,9 +123,9 @@ node_network() {
   fi
   # The host's rules: only the apiserver, Redis and the harness port, nothing else, for the node.
   local p
+  iptables -t nat -N "$NODE_CHAIN" 2>/dev/null || true
   for p in "$APISERVER_PORT" "$REDIS_PORT" "$HARNESS_PORT"; do
     local dnat=(-d "$NODE_HOST_IP" -p tcp --dport "$p" -j DNAT --to-destination "127.0.0.1:$p")
-    iptables -t nat -N "$NODE_CHAIN" 2>/dev/null || true
     iptables -t nat -C "$NODE_CHAIN" "${dnat[@]}" 2>/dev/null || iptables -t nat -A "$NODE_CHAIN" "${dnat[@]}"
   done
   if ! iptables -nL "$NODE_CHAIN" >/dev/null 2>&1; then

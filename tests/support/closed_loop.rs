@@ -29,19 +29,15 @@ pub struct PodLife {
     pub ready: Option<Instant>,
     /// When the watch showed it terminating.
     pub terminating: Option<Instant>,
-    /// When it was gone from the API: the kubelet removes a pod once its containers exited.
+    /// When it was gone from the API: the kubelet removes a pod once its containers exited. A
+    /// pod counts from `created` to `gone`, like a pod in the simulator (starting and draining
+    /// pods included).
     pub gone: Option<Instant>,
     /// The worker container's exit code, if the watch saw it terminated.
     pub exit_code: Option<i32>,
 }
 
 impl PodLife {
-    /// The pod counts from its creation until it is gone, like a pod in the simulator
-    /// (starting and draining pods included); `None` while it lives.
-    pub fn end(&self) -> Option<Instant> {
-        self.gone
-    }
-
     fn observe(&mut self, pod: &Pod, now: Instant) {
         let status = pod.status.as_ref();
         let ready = status

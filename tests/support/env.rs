@@ -190,7 +190,7 @@ impl TestEnv {
 
     /// Creates an external Queue `name` (and the admin Secret) and waits until it is Ready.
     pub async fn ready_queue(&self, name: &str) -> Queue {
-        self.ready_queue_at(name, &self.redis_url.clone()).await
+        self.ready_queue_at(name, &self.redis_url).await
     }
 
     /// [`Self::ready_queue`] on the Redis at `url` (for pods: the shared server's pod address).
