@@ -60,6 +60,10 @@ real-node-check: ## Check the local cluster's real node end to end (logs, DNS, S
 bench: ## Throughput of streamq publish / worker vs redis-benchmark (release build)
 	$(WITH_CLUSTER) cargo bench --bench throughput
 
+.PHONY: bench-scale
+bench-scale: ## The operator at 100, 300 and 1,000 Queues + Consumers: memory, CPU, apiserver writes, Redis (release build, ~20 min)
+	$(WITH_CLUSTER) cargo bench --bench scale
+
 .PHONY: bench-autoscale
 bench-autoscale: ## Simulate bench/scenarios under every policy; writes docs/autoscaling.md (release build)
 	scripts/bench-autoscale

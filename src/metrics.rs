@@ -99,6 +99,8 @@ pub struct Metrics {
     pub reconciliations: Family<ControllerLabels, Counter>,
     pub failures: Family<FailureLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    /// How late each Consumer's sample came: the time since its previous one, less the interval.
+    pub sample_delay: Histogram,
 }
 
 impl Default for Metrics {
@@ -120,9 +122,16 @@ impl Default for Metrics {
             "Time spent in one reconciliation",
             reconcile_duration.clone(),
         );
+        let sample_delay = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        registry.register(
+            "sample_delay_seconds",
+            "How much later than the sample interval each Consumer's sample came",
+            sample_delay.clone(),
+        );
         let consumers = ConsumerMetrics::default();
         consumers.register(&mut registry);
         Self {
+            sample_delay,
             registry,
             consumers,
             reconciliations,

@@ -40,6 +40,8 @@ fn policy(consumer: &Consumer, pod_startup: Duration) -> Option<Policy> {
 struct Scalers {
     by_uid: HashMap<String, Autoscaler>,
     labels_by_uid: HashMap<String, ConsumerLabels>,
+    /// When each Consumer's last decision was made, for the sample delay metric.
+    decided_at: HashMap<String, Instant>,
 }
 
 /// The autoscaled Consumers on one Redis server, each with its stream.
@@ -145,6 +147,11 @@ async fn sample_server(
             tracing::warn!(consumer = %consumer.name_any(), error = %e, "sampling failed; holding replicas");
         }
         record(&ctx.shared.metrics.consumers, &consumer, &latest, current);
+        let now = Instant::now();
+        if let Some(previous) = scalers.decided_at.insert(uid.clone(), now) {
+            let late = now.duration_since(previous).saturating_sub(ctx.sample_interval);
+            ctx.shared.metrics.sample_delay.observe(late.as_secs_f64());
+        }
         let change = !latest.decision.hold && latest.decision.replicas != current;
         ctx.decisions.record(uid, latest).await;
         if change {
@@ -194,6 +201,7 @@ async fn forget_departed(ctx: &Context, all: &[Arc<Consumer>], scalers: &mut Sca
         }
     }
     scalers.by_uid.retain(|uid, _| alive.contains(uid));
+    scalers.decided_at.retain(|uid, _| alive.contains(uid));
     ctx.decisions.forget_missing(&alive).await;
 }
 

@@ -29,6 +29,7 @@ pub mod load;
 pub mod real_node;
 pub mod redis_queue;
 pub mod redis_server;
+pub mod scale;
 
 #[allow(unused_imports)] // a binary that uses none of a module's items
 pub use {api::*, env::*, kubectl::*, objects::*, operator::*, process::*, redis_client::*, wait::*};

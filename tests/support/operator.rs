@@ -40,8 +40,8 @@ impl Operator {
                 "2s",
             ])
             .args(extra_args)
-            .envs(extra_env.iter().copied())
             .env("RUST_LOG", "info,streamq=debug")
+            .envs(extra_env.iter().copied())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
