@@ -26,12 +26,15 @@ use support::{
 use tokio_util::sync::CancellationToken;
 
 const BUSY: usize = 100;
+/// How long all objects may take to be Ready before the bench records how far they got.
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
 const BUSY_RATE: u32 = 2;
 
 /// What one quiet or busy window measured.
 struct Window {
     pairs: usize,
-    ready_after: Option<i64>,
+    /// Seconds to all Ready, or how many were Ready when the wait gave up.
+    ready: Option<String>,
     create_rate: Option<f64>,
     operator_cpu: f64,
     rss_mib: f64,
@@ -46,7 +49,10 @@ struct Window {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(run());
 }
 
@@ -108,7 +114,7 @@ impl Bench {
             .join(", ");
         Window {
             pairs,
-            ready_after: None,
+            ready: None,
             create_rate: None,
             operator_cpu: share(op0.cpu, op1.cpu),
             rss_mib: op1.rss_kib as f64 / 1024.0,
@@ -158,16 +164,26 @@ async fn run() {
     let length = window_length();
     let mut rows = vec![];
     let mut created = 0;
+    println!("{}", header(length));
     for n in sizes() {
         let started = Instant::now();
         create_pairs(&bench.env, created..n).await;
         let create_rate = (n - created) as f64 / started.elapsed().as_secs_f64();
         created = n;
-        let ready = wait_all_ready(&bench.env, n, Duration::from_secs(900)).await;
-        eprintln!("{n} pairs: all Ready {} s after the last creation", ready.seconds());
+        let ready = wait_all_ready(&bench.env, n, READY_TIMEOUT).await;
+        let ready = match ready.seconds() {
+            Some(s) => format!("{s} s"),
+            None => format!(
+                "{} of {} Ready after {} s",
+                ready.ready,
+                ready.objects,
+                READY_TIMEOUT.as_secs()
+            ),
+        };
         let mut row = bench.window(&operator, n, length).await;
-        row.ready_after = Some(ready.seconds());
+        row.ready = Some(ready);
         row.create_rate = Some(create_rate);
+        println!("{}", row_line("idle", &row));
         rows.push(row);
     }
     let busy = busy_window(&mut bench, &operator, created, length).await;
@@ -176,21 +192,34 @@ async fn run() {
 }
 
 /// A window with [`BUSY`] Consumers receiving messages.
-async fn busy_window(bench: &mut Bench, operator: &Operator, pairs: usize, length: Duration) -> (Window, CancellationToken) {
+async fn busy_window(
+    bench: &mut Bench,
+    operator: &Operator,
+    pairs: usize,
+    length: Duration,
+) -> (Window, CancellationToken) {
     let ns = bench.env.namespace.clone();
     let streams = (0..BUSY.min(pairs))
         .map(|i| format!("streamq:{{{ns}.{}}}", queue_name(i)))
         .collect();
     let stop = CancellationToken::new();
-    tokio::spawn(publish_to(connect(&bench.env.redis_url).await, streams, BUSY_RATE, stop.clone()));
+    tokio::spawn(publish_to(
+        connect(&bench.env.redis_url).await,
+        streams,
+        BUSY_RATE,
+        stop.clone(),
+    ));
     let window = bench.window(operator, pairs, length).await;
+    println!("{}", row_line("busy", &window));
     (window, stop)
 }
 
 /// What an operator restart at full size measured.
 struct Restart {
+    exited_on_sigterm: bool,
     ready: Duration,
-    all_reconciled: Duration,
+    /// None: not within 120 s.
+    all_reconciled: Option<Duration>,
     wrong_scale: Vec<String>,
 }
 
@@ -198,25 +227,38 @@ struct Restart {
 async fn restart(bench: &Bench, old: Operator, pairs: usize) -> (Restart, Operator) {
     let before = deployment_replicas(&bench.env).await;
     let started = Instant::now();
-    old.terminate(Duration::from_secs(30)).await;
+    // An operator that does not stop within 30 s of SIGTERM is killed, and that is reported.
+    signal(old.pid(), "TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(old.pid()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exited_on_sigterm = !alive(old.pid());
+    drop(old);
     let operator = bench.start_operator();
     operator.wait_ready().await;
     let ready = started.elapsed();
-    let addr = operator.metrics_addr.clone();
-    poll_every(Duration::from_millis(250), Duration::from_secs(120), "every object reconciled once", || {
-        let addr = addr.clone();
-        async move {
-            let q = metric(&addr, "streamq_reconciliations_total{controller=\"queue\"").await;
-            let c = metric(&addr, "streamq_reconciliations_total{controller=\"consumer\"").await;
-            if q as usize >= pairs && c as usize >= pairs {
-                Ok(())
-            } else {
-                Err(format!("queue {q}, consumer {c} of {pairs}"))
-            }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let all_reconciled = loop {
+        let q = metric(
+            &operator.metrics_addr,
+            "streamq_reconciliations_total{controller=\"queue\"",
+        )
+        .await;
+        let c = metric(
+            &operator.metrics_addr,
+            "streamq_reconciliations_total{controller=\"consumer\"",
+        )
+        .await;
+        if q as usize >= pairs && c as usize >= pairs {
+            break Some(started.elapsed());
         }
-    })
-    .await;
-    let all_reconciled = started.elapsed();
+        if Instant::now() >= deadline {
+            eprintln!("after the restart: {q} Queue and {c} Consumer reconciliations of {pairs} in 120 s");
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     // Idle Consumers stay at 0; busy ones are not scaled down by a lost history.
     tokio::time::sleep(Duration::from_secs(20)).await;
     let after = deployment_replicas(&bench.env).await;
@@ -230,6 +272,7 @@ async fn restart(bench: &Bench, old: Operator, pairs: usize) -> (Restart, Operat
         })
         .collect();
     let restart = Restart {
+        exited_on_sigterm,
         ready,
         all_reconciled,
         wrong_scale,
@@ -237,37 +280,42 @@ async fn restart(bench: &Bench, old: Operator, pairs: usize) -> (Restart, Operat
     (restart, operator)
 }
 
+fn header(length: Duration) -> String {
+    format!(
+        "\n## streamq operator at scale ({} s windows)\n\n\
+         | pairs | created/s | all Ready after | operator CPU | operator RSS (peak) | Redis CPU | Redis clients | apiserver CPU | operator writes /object/10 min | operator reads/s | sample delay p99 |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        length.as_secs()
+    )
+}
+
+fn row_line(label: &str, w: &Window) -> String {
+    format!(
+        "| {} {label} | {} | {} | {:.1} % | {:.1} MiB ({:.1}) | {:.1} % | {} | {:.1} % | {:.2} | {:.1} | {:.2} s |",
+        w.pairs,
+        w.create_rate.map_or("–".into(), |r| format!("{r:.1}")),
+        w.ready.as_deref().unwrap_or("–"),
+        w.operator_cpu,
+        w.rss_mib,
+        w.peak_rss_mib,
+        w.redis_cpu,
+        w.redis_clients,
+        w.apiserver_cpu,
+        w.writes_per_object,
+        w.reads_per_second,
+        w.sample_delay_p99,
+    )
+}
+
 fn print_report(rows: &[Window], busy: &(Window, CancellationToken), restart: &Restart) {
     busy.1.cancel();
-    println!("\n## streamq operator at scale ({} s windows)\n", window_length().as_secs());
-    println!(
-        "| pairs | created/s | all Ready after | operator CPU | operator RSS (peak) | Redis CPU | Redis clients | apiserver CPU | operator writes /object/10 min | operator reads/s | sample delay p99 |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (label, w) in rows
-        .iter()
-        .map(|w| ("idle", w))
-        .chain(std::iter::once(("busy", &busy.0)))
-    {
-        println!(
-            "| {} {label} | {} | {} | {:.1} % | {:.1} MiB ({:.1}) | {:.1} % | {} | {:.1} % | {:.2} | {:.1} | {:.2} s |",
-            w.pairs,
-            w.create_rate.map_or("–".into(), |r| format!("{r:.1}")),
-            w.ready_after.map_or("–".into(), |s| format!("{s} s")),
-            w.operator_cpu,
-            w.rss_mib,
-            w.peak_rss_mib,
-            w.redis_cpu,
-            w.redis_clients,
-            w.apiserver_cpu,
-            w.writes_per_object,
-            w.reads_per_second,
-            w.sample_delay_p99,
-        );
-    }
     println!();
     for w in rows.iter().chain(std::iter::once(&busy.0)) {
-        println!("- writes at {} pairs: {}", w.pairs, if w.writes.is_empty() { "none" } else { &w.writes });
+        println!(
+            "- writes at {} pairs: {}",
+            w.pairs,
+            if w.writes.is_empty() { "none" } else { &w.writes }
+        );
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last())
         && last.pairs > first.pairs
@@ -281,10 +329,17 @@ fn print_report(rows: &[Window], busy: &(Window, CancellationToken), restart: &R
         );
     }
     println!(
-        "- restart at {} pairs: ready {:.1} s, every object reconciled {:.1} s; wrong scale decisions in the 20 s after: {}",
+        "- restart at {} pairs: {}; ready {:.1} s, every object reconciled {}; wrong scale decisions in the 20 s after: {}",
         busy.0.pairs,
+        if restart.exited_on_sigterm {
+            "exited on SIGTERM"
+        } else {
+            "did not exit within 30 s of SIGTERM (killed)"
+        },
         restart.ready.as_secs_f64(),
-        restart.all_reconciled.as_secs_f64(),
+        restart
+            .all_reconciled
+            .map_or("not within 120 s".into(), |d| format!("{:.1} s", d.as_secs_f64())),
         if restart.wrong_scale.is_empty() {
             "none".into()
         } else {

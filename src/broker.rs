@@ -6,13 +6,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::{Client, ResourceExt};
 use tokio::sync::Mutex;
-
-use kube::Client;
 
 use crate::{
     api::{Broker, Queue, Reason},
+    k8s::secrets::SecretReader,
     problem::Problem,
     queue::build,
     redis::{
@@ -68,22 +67,21 @@ impl Brokers {
     }
 
     /// Reads how to reach `queue`'s Redis, provisioning nothing.
-    pub async fn resolve(&self, queue: &Queue, client: &Client) -> Result<Access, Problem> {
+    pub async fn resolve(&self, queue: &Queue, client: &Client, secrets: &SecretReader) -> Result<Access, Problem> {
         let ns = queue.namespace().unwrap_or_default();
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         match &queue.spec.broker {
             Broker::External(external) => {
                 let r = &external.url_secret_ref;
                 let secret = secrets
-                    .get_opt(&r.name)
+                    .get(client, &ns, &r.name)
                     .await
                     .map_err(|e| Problem::kube("reading", &r.name, e))?;
-                external_access(&ns, r.name.as_str(), &r.key, secret.as_ref())
+                external_access(&ns, r.name.as_str(), &r.key, secret.as_deref())
             }
             Broker::Managed(_) => {
                 let name = build::names(queue).admin_secret;
                 let secret = secrets
-                    .get_opt(&name)
+                    .get(client, &ns, &name)
                     .await
                     .map_err(|e| Problem::kube("reading", &name, e))?;
                 let secret = secret.ok_or_else(|| {
@@ -95,8 +93,8 @@ impl Brokers {
     }
 
     /// An administrative connection to `queue`'s Redis, from the pool.
-    pub async fn admin(&self, queue: &Queue, client: &Client) -> Result<Admin, Problem> {
-        let access = self.resolve(queue, client).await?;
+    pub async fn admin(&self, queue: &Queue, client: &Client, secrets: &SecretReader) -> Result<Admin, Problem> {
+        let access = self.resolve(queue, client, secrets).await?;
         self.connect(&access.admin_url).await
     }
 
@@ -111,8 +109,8 @@ impl Brokers {
     }
 
     /// Drops the pooled connection to `queue`'s Redis after an error.
-    pub async fn forget_admin(&self, queue: &Queue, client: &Client) {
-        if let Ok(access) = self.resolve(queue, client).await {
+    pub async fn forget_admin(&self, queue: &Queue, client: &Client, secrets: &SecretReader) {
+        if let Ok(access) = self.resolve(queue, client, secrets).await {
             self.forget_connection(&access.admin_url).await;
         }
     }

@@ -54,25 +54,53 @@ where
         Self(store)
     }
 
-    /// Every readable object. Cloned out of the guard: the sampler asks once per interval.
-    pub fn state(&self) -> Vec<Arc<K>> {
-        self.0
-            .state()
-            .iter()
-            .filter_map(|g| g.0.as_ref().ok().map(|k| Arc::new(k.clone())))
-            .collect()
+    /// Every readable object.
+    pub fn state(&self) -> Vec<Valid<K>> {
+        self.0.state().into_iter().filter_map(Valid::new).collect()
     }
 
     /// The object `key`, when it exists and is readable.
-    pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
+    pub fn get(&self, key: &ObjectRef<K>) -> Option<Valid<K>> {
         let mut guarded = ObjectRef::<DeserializeGuard<K>>::new(&key.name);
         guarded.namespace = key.namespace.clone();
-        let found = self.0.get(&guarded)?;
-        found.0.as_ref().ok().map(|k| Arc::new(k.clone()))
+        Valid::new(self.0.get(&guarded)?)
     }
 
     pub async fn wait_until_ready(&self) -> Result<(), WriterDropped> {
         self.0.wait_until_ready().await
+    }
+}
+
+/// A readable object of a guarded cache, shared with the cache rather than copied out of it.
+pub struct Valid<K>(Arc<DeserializeGuard<K>>);
+
+impl<K> Valid<K> {
+    fn new(guarded: Arc<DeserializeGuard<K>>) -> Option<Self> {
+        guarded.0.is_ok().then_some(Self(guarded))
+    }
+}
+
+impl<K> Clone for Valid<K> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<K> std::ops::Deref for Valid<K> {
+    type Target = K;
+
+    fn deref(&self) -> &K {
+        match &self.0.0 {
+            Ok(k) => k,
+            // `new` admits only readable objects, and the guard never changes.
+            Err(_) => unreachable!("a Valid object is readable"),
+        }
+    }
+}
+
+impl<K> AsRef<K> for Valid<K> {
+    fn as_ref(&self) -> &K {
+        self
     }
 }
 

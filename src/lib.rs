@@ -17,5 +17,7 @@ pub mod producer;
 pub mod queue;
 pub mod redis;
 pub mod simulate;
+pub mod status_writes;
 pub mod telemetry;
+pub mod watches;
 pub mod worker;

@@ -9,13 +9,33 @@ use std::{
     time::Duration,
 };
 
+use futures::future::BoxFuture;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{
     Client,
-    runtime::events::{Recorder, Reporter},
+    api::PartialObjectMeta,
+    core::DeserializeGuard,
+    runtime::{
+        events::{Recorder, Reporter},
+        reflector::ReflectHandle,
+    },
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{broker::Brokers, consumer, context::Shared, endpoints, k8s::Scope, leader, metrics::Metrics, queue};
+use crate::{
+    api::{Consumer, Queue},
+    broker::Brokers,
+    consumer,
+    context::Shared,
+    endpoints,
+    guard::ValidStore,
+    k8s::{Scope, applied::Applied, cache::SharedCache, secrets::SecretReader},
+    leader,
+    metrics::Metrics,
+    queue,
+    status_writes::StatusWrites,
+    watches::Watches,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,21 +91,44 @@ pub async fn run(config: Config) -> Result<(), Error> {
         // The pod name, so Events from several replicas can be told apart.
         instance: std::env::var("POD_NAME").ok(),
     };
+    let scope = config.namespace.map_or(Scope::Cluster, Scope::Namespace);
+    let Watches {
+        queues,
+        consumers,
+        secrets,
+        deployments,
+        pods,
+    } = Watches::new(&scope, &client);
     let shared = Arc::new(Shared {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         metrics: Metrics::default(),
-        scope: config.namespace.map_or(Scope::Cluster, Scope::Namespace),
+        scope,
         resync: config.resync_interval,
         brokers: Brokers::new(config.dev_redis_addresses),
+        status_writes: StatusWrites::default(),
+        applied: Applied::default(),
+        secrets: SecretReader::new(secrets.store.clone()),
     });
-    let contexts = Contexts {
+    let stores = consumer::Stores {
+        queues: ValidStore::new(queues.store.clone()),
+        deployments: deployments.store.clone(),
+        pods: pods.store.clone(),
+    };
+    let controllers = Controllers {
         queue: Arc::new(queue::Context::new(shared.clone(), config.queue_cleanup_timeout)),
         consumer: Arc::new(consumer::Context::new(
             shared.clone(),
             config.sample_interval,
             config.pod_startup,
+            stores,
         )),
+        queue_consumer_changes: queues.changes.clone(),
+        queues,
+        consumers,
+        secrets,
+        deployments,
+        cache_drivers: vec![pods.driver],
     };
 
     let shutdown = CancellationToken::new();
@@ -128,7 +171,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 }
             }
         };
-        run_controllers(contexts, ready.clone(), shutdown.clone(), elector.as_mut(), term).await;
+        run_controllers(controllers, ready.clone(), shutdown.clone(), elector.as_mut(), term).await;
     };
     let ((), served) = tokio::join!(work, server);
     served.map_err(|source| Error::Http { addr, source })?;
@@ -136,16 +179,24 @@ pub async fn run(config: Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs the controllers and the sampler until shutdown; with leader election,
-/// only while the Lease is held.
-/// Each controller's context.
-struct Contexts {
+/// What the controllers run on: their contexts and the watch caches.
+struct Controllers {
     queue: Arc<queue::Context>,
     consumer: Arc<consumer::Context>,
+    queues: SharedCache<DeserializeGuard<Queue>>,
+    /// The Consumer controller's own subscription to the Queues' changes.
+    queue_consumer_changes: ReflectHandle<DeserializeGuard<Queue>>,
+    consumers: SharedCache<DeserializeGuard<Consumer>>,
+    secrets: SharedCache<PartialObjectMeta<Secret>>,
+    deployments: SharedCache<Deployment>,
+    /// Caches no controller subscribes to.
+    cache_drivers: Vec<BoxFuture<'static, ()>>,
 }
 
+/// Runs the caches, the controllers and the sampler until shutdown; with
+/// leader election, only while the Lease is held.
 async fn run_controllers(
-    ctx: Contexts,
+    c: Controllers,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
     elector: Option<&mut leader::Elector>,
@@ -154,18 +205,52 @@ async fn run_controllers(
     if let Some(term) = term {
         tracing::info!(term, "leading: starting the controllers");
     }
-    let (queues, queue_store) = queue::controller(ctx.queue, shutdown.clone().cancelled_owned());
+    let (queue_store, consumer_store) = (
+        ValidStore::new(c.queues.store.clone()),
+        ValidStore::new(c.consumers.store.clone()),
+    );
+    let queues = queue::controller(
+        c.queue,
+        c.queues.store,
+        c.queues.changes,
+        c.secrets.changes,
+        shutdown.clone().cancelled_owned(),
+    );
     // The sampler wakes the Consumer controller when a decision changes.
     let (wake, woken) = futures::channel::mpsc::channel(256);
-    let (consumers, consumer_store) =
-        consumer::controller(ctx.consumer.clone(), woken, shutdown.clone().cancelled_owned());
+    let triggers = consumer::Triggers {
+        consumers: c.consumers.changes,
+        queues: c.queue_consumer_changes,
+        deployments: c.deployments.changes,
+        woken,
+    };
+    let consumers = consumer::controller(
+        c.consumer.clone(),
+        c.consumers.store,
+        triggers,
+        shutdown.clone().cancelled_owned(),
+    );
     let sampler = consumer::sampler::run(
-        ctx.consumer,
+        c.consumer,
         consumer_store.clone(),
         queue_store.clone(),
         wake,
         shutdown.clone(),
     );
+    let mut drivers = c.cache_drivers;
+    drivers.extend([
+        c.queues.driver,
+        c.consumers.driver,
+        c.secrets.driver,
+        c.deployments.driver,
+    ]);
+    // The watches stop at shutdown; the controllers' running rounds then finish on what the caches hold.
+    let caches = async {
+        tokio::select! {
+            _ = futures::future::join_all(drivers) => {}
+            () = shutdown.cancelled() => {}
+        }
+    };
     let mark_ready = {
         let (ready, shutdown) = (ready.clone(), shutdown.clone());
         async move {
@@ -187,7 +272,7 @@ async fn run_controllers(
         }
     };
     let controllers = async {
-        tokio::join!(queues, consumers, sampler, mark_ready);
+        tokio::join!(queues, consumers, sampler, mark_ready, caches);
     };
     let Some(elector) = elector else {
         controllers.await;

@@ -88,7 +88,11 @@ async fn step_burst_on_the_real_cluster_agrees_with_the_simulator() {
 
     let env = real_env("e2e-as").await;
     // The operator measures the pods' start-up; the scenario's is only its prior.
-    let op = Operator::start_with(&env.namespace, &["--pod-startup", &scenario.pod_startup.to_string()], &[]);
+    let op = Operator::start_with(
+        &env.namespace,
+        &["--pod-startup", &scenario.pod_startup.to_string()],
+        &[],
+    );
     env.ready_queue_at("jobs", &pod_redis_url()).await;
     let workers = PodLives::start(env.client.clone(), &env.namespace, "workers");
     let replica_log = ChangeLog::start(env.api::<Deployment>(), "workers", |d: &Deployment| {

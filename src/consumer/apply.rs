@@ -1,15 +1,18 @@
 //! The apply phase: the consumer group in Redis, the Deployment, and the
 //! housekeeping around scale-down (busy pods protected, departed names removed).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
-use kube::{Api, ResourceExt, api::ListParams, runtime::events::EventType};
+use kube::{
+    Api, ResourceExt,
+    runtime::{events::EventType, reflector::ObjectRef},
+};
 
 use super::{Context, build, build::QueueFacts, plan, startup};
 use crate::{
     api::{Consumer, Queue, StartFrom},
-    k8s,
+    k8s::{self, applied::Version},
     problem::Problem,
     redis::admin::Admin,
 };
@@ -27,7 +30,11 @@ pub struct Workload {
 
 /// The group exists before any worker starts (XGROUP CREATE is idempotent here).
 pub async fn ensure_group(consumer: &Consumer, queue: &Queue, stream: &str, ctx: &Context) -> Result<Admin, Problem> {
-    let mut admin = ctx.shared.brokers.admin(queue, &ctx.shared.client).await?;
+    let mut admin = ctx
+        .shared
+        .brokers
+        .admin(queue, &ctx.shared.client, &ctx.shared.secrets)
+        .await?;
     let from = match consumer.spec.start_from {
         StartFrom::Earliest => "0",
         StartFrom::Latest => "$",
@@ -47,7 +54,10 @@ pub async fn ensure_group(consumer: &Consumer, queue: &Queue, stream: &str, ctx:
         }
         Ok(false) => {}
         Err(e) => {
-            ctx.shared.brokers.forget_admin(queue, &ctx.shared.client).await;
+            ctx.shared
+                .brokers
+                .forget_admin(queue, &ctx.shared.client, &ctx.shared.secrets)
+                .await;
             return Err(Problem::redis(&e));
         }
     }
@@ -65,13 +75,9 @@ pub async fn deployment(
     let uid = consumer.uid().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    let selector = build::selector(consumer);
-    let pod_list = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| Problem::kube("listing pods", &selector, e))?;
+    let pod_list = ctx.pods_of(consumer);
     ctx.decisions
-        .record_startups(&uid, pod_list.items.iter().filter_map(startup::of))
+        .record_startups(&uid, pod_list.iter().filter_map(|p| startup::of(p)))
         .await;
     let consumer_pending = ctx.decisions.consumer_pending(&uid).await;
     tidy_group(
@@ -79,21 +85,26 @@ pub async fn deployment(
         ctx,
         admin,
         &facts.stream,
-        &pod_list.items,
+        &pod_list,
         consumer_pending.as_ref(),
     )
     .await;
     let name = consumer.name_any();
-    let existing = deployments
-        .get_opt(&name)
-        .await
-        .map_err(|e| Problem::kube("reading Deployment", &name, e))?;
+    let existing = ctx.stores.deployments.get(&ObjectRef::new(&name).within(&ns));
     let current = existing.as_ref().and_then(|d| d.spec.as_ref()?.replicas);
     let desired = plan::desired_replicas(consumer, ctx.decisions.replicas(&uid).await, current);
     if current.is_some_and(|c| desired < c) {
-        protect_busy_pods(&pods, &pod_list.items, consumer_pending.as_ref()).await?;
+        protect_busy_pods(&pods, &pod_list, consumer_pending.as_ref()).await?;
     }
-    let applied = k8s::apply(&deployments, &name, &build::deployment(consumer, facts, desired))
+    let applied = ctx
+        .shared
+        .applied
+        .apply(
+            &deployments,
+            &build::deployment(consumer, facts, desired),
+            existing.as_ref().map(|d| &d.metadata),
+            Version::Generation,
+        )
         .await
         .map_err(|e| Problem::kube("applying Deployment", &name, e))?;
     let mut scaled = None;
@@ -113,7 +124,11 @@ pub async fn deployment(
         }
         scaled = Some(why);
     }
-    let status = applied.status.unwrap_or_default();
+    // Skipped (unchanged): the cached Deployment's status is as fresh as the watch.
+    let status = applied
+        .or_else(|| existing.map(|d| d.as_ref().clone()))
+        .and_then(|d| d.status)
+        .unwrap_or_default();
     Ok(Workload {
         desired,
         replicas: status.replicas.unwrap_or(0),
@@ -127,7 +142,7 @@ pub async fn deployment(
 /// scale-down idle workers go and busy ones finish their work.
 async fn protect_busy_pods(
     pods: &Api<Pod>,
-    items: &[Pod],
+    items: &[Arc<Pod>],
     pending: Option<&BTreeMap<String, u64>>,
 ) -> Result<(), Problem> {
     for pod in items {
@@ -159,7 +174,7 @@ async fn tidy_group(
     ctx: &Context,
     admin: &mut Admin,
     stream: &str,
-    pods: &[Pod],
+    pods: &[Arc<Pod>],
     pending: Option<&BTreeMap<String, u64>>,
 ) {
     let Some(pending) = pending else { return };

@@ -2,7 +2,7 @@
 //! Consumer controller reads when it reconciles.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
 
@@ -58,7 +58,10 @@ impl Decisions {
 
     pub async fn record_scale(&self, uid: &str, reason: String) {
         let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
-        self.last_scale.lock().await.insert(uid.to_owned(), LastScale { time, reason });
+        self.last_scale
+            .lock()
+            .await
+            .insert(uid.to_owned(), LastScale { time, reason });
     }
 
     pub async fn last_scale(&self, uid: &str) -> Option<LastScale> {
@@ -67,7 +70,12 @@ impl Decisions {
 
     /// Records the start-up of the Consumer's pods that were Ready.
     pub async fn record_startups(&self, uid: &str, starts: impl IntoIterator<Item = PodStart>) {
-        self.startups.lock().await.entry(uid.to_owned()).or_default().record(starts);
+        self.startups
+            .lock()
+            .await
+            .entry(uid.to_owned())
+            .or_default()
+            .record(starts);
     }
 
     /// The measured pod start-up: the median of the recent pods.
@@ -118,7 +126,7 @@ impl Decisions {
         self.latest.lock().await.insert(uid, latest);
     }
 
-    pub(super) async fn forget_missing(&self, alive: &[String]) {
+    pub(super) async fn forget_missing(&self, alive: &HashSet<String>) {
         self.latest.lock().await.retain(|uid, _| alive.contains(uid));
         self.last_scale.lock().await.retain(|uid, _| alive.contains(uid));
         self.startups.lock().await.retain(|uid, _| alive.contains(uid));

@@ -1,29 +1,27 @@
 //! What a Consumer round reads first: its Queue, which must be Ready, and the
 //! facts about it the worker pods need.
 
-use kube::{Api, ResourceExt};
+use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
 use super::build::QueueFacts;
 use crate::{
     api::{ConditionStatus, ConditionType, Consumer, Queue, Reason, find_condition, is_true},
-    context::Shared,
+    guard::{Valid, ValidStore},
     problem::Problem,
 };
 
-/// The Consumer's Queue, Ready, with the facts the Deployment is built from.
-pub async fn queue(consumer: &Consumer, shared: &Shared) -> Result<(Queue, QueueFacts), Problem> {
+/// The Consumer's Queue (from the watch cache), Ready, with the facts the Deployment is built from.
+pub fn queue(consumer: &Consumer, queues: &ValidStore<Queue>) -> Result<(Valid<Queue>, QueueFacts), Problem> {
     let ns = consumer.namespace().unwrap_or_default();
     let name = &consumer.spec.queue_ref.name;
-    let queue = Api::<Queue>::namespaced(shared.client.clone(), &ns)
-        .get_opt(name)
-        .await
-        .map_err(|e| Problem::kube("reading Queue", name, e))?
-        .ok_or_else(|| {
-            Problem::fault(
-                Reason::QueueNotFound,
-                format!("Queue {ns}/{name} (spec.queueRef) does not exist: create it, or point queueRef at an existing Queue"),
-            )
-        })?;
+    let queue = queues.get(&ObjectRef::new(name).within(&ns)).ok_or_else(|| {
+        Problem::fault(
+            Reason::QueueNotFound,
+            format!(
+                "Queue {ns}/{name} (spec.queueRef) does not exist: create it, or point queueRef at an existing Queue"
+            ),
+        )
+    })?;
     let facts = facts(&queue)?;
     Ok((queue, facts))
 }

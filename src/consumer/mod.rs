@@ -17,7 +17,10 @@ mod validate;
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Pod},
+    jiff::Timestamp,
+};
 use kube::{
     ResourceExt,
     core::DeserializeGuard,
@@ -25,7 +28,6 @@ use kube::{
         Controller,
         controller::Action,
         reflector::{ObjectRef, Store},
-        watcher,
     },
 };
 
@@ -34,7 +36,6 @@ use crate::{
     api::{Consumer, Queue},
     context::Shared,
     guard::ValidStore,
-    k8s,
     problem::Problem,
 };
 
@@ -47,6 +48,16 @@ pub struct Context {
     decisions: Decisions,
     sample_interval: Duration,
     pod_startup: PodStartup,
+    stores: Stores,
+}
+
+/// The watch caches a Consumer round reads instead of the apiserver.
+pub struct Stores {
+    pub queues: ValidStore<Queue>,
+    /// Stripped of their pod templates (see `k8s::cache`).
+    pub deployments: Store<Deployment>,
+    /// The Consumers' pods, stripped of their specs.
+    pub pods: Store<Pod>,
 }
 
 /// Where the autoscaler's time from replicas raised to a worker consuming comes from.
@@ -58,14 +69,39 @@ pub struct PodStartup {
     pub measured: bool,
 }
 
+impl Stores {
+    /// Waits until every cache holds the cluster's state: before that, a
+    /// missing Queue or Deployment may only not have arrived yet, and a round
+    /// would report a fault or size from nothing. Immediate once synced.
+    async fn synced(&self) {
+        // A dropped writer means shutdown; the round then ends on its own.
+        let _ = self.queues.wait_until_ready().await;
+        let _ = self.deployments.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+    }
+}
+
 impl Context {
-    pub fn new(shared: Arc<Shared>, sample_interval: Duration, pod_startup: PodStartup) -> Self {
+    pub fn new(shared: Arc<Shared>, sample_interval: Duration, pod_startup: PodStartup, stores: Stores) -> Self {
         Self {
             shared,
             decisions: Decisions::default(),
             sample_interval,
             pod_startup,
+            stores,
         }
+    }
+
+    /// The Consumer's pods, from the cache.
+    fn pods_of(&self, consumer: &Consumer) -> Vec<Arc<Pod>> {
+        let ns = consumer.namespace();
+        let name = consumer.name_any();
+        self.stores
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace() == ns && p.labels().get(build::CONSUMER_LABEL) == Some(&name))
+            .collect()
     }
 }
 
@@ -106,11 +142,13 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Consumer>>, ctx: Arc<Context>
         .await;
     let last_scale = ctx.decisions.last_scale(&uid).await;
     let status = status::build(&consumer, &outcome, last_scale, observed, Timestamp::now());
-    k8s::apply_status(&ctx.shared.client, consumer.as_ref(), &status)
+    let previous = consumer.status.clone().unwrap_or_default();
+    ctx.shared
+        .write_status(consumer.as_ref(), &previous, &status)
         .await
         .map_err(Error::Status)?;
     Ok(match outcome {
-        Ok(_) => Action::requeue(ctx.shared.resync),
+        Ok(_) => Action::requeue(ctx.shared.next_resync()),
         Err(p) => {
             tracing::info!(consumer = %consumer.name_any(), reason = %p.reason, message = %p.message, "consumer not ready");
             Action::requeue(Duration::from_secs(2).min(ctx.shared.resync))
@@ -121,7 +159,8 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Consumer>>, ctx: Arc<Context>
 /// One round's phases: validate, read the Queue, ensure the group, apply the Deployment.
 async fn workload(consumer: &Consumer, ctx: &Context) -> Result<Workload, Problem> {
     validate::validate(consumer)?;
-    let (queue, facts) = inputs::queue(consumer, &ctx.shared).await?;
+    ctx.stores.synced().await;
+    let (queue, facts) = inputs::queue(consumer, &ctx.stores.queues)?;
     let mut admin = apply::ensure_group(consumer, &queue, &facts.stream, ctx).await?;
     apply::deployment(consumer, &facts, &mut admin, ctx).await
 }
@@ -147,40 +186,43 @@ fn consumers_of(
         .collect()
 }
 
+/// What the Consumer controller is woken by: its Consumers, their Queues and
+/// Deployments (each a shared watch cache's changes), and the sampler.
+pub struct Triggers<C, Q, D, W> {
+    pub consumers: C,
+    pub queues: Q,
+    pub deployments: D,
+    pub woken: W,
+}
+
 /// The controller, ready to run until `shutdown` resolves.
-pub fn controller(
+pub fn controller<C, Q, D, W>(
     ctx: Arc<Context>,
-    woken: impl futures::Stream<Item = ObjectRef<Consumer>> + Send + 'static,
+    consumers: Store<DeserializeGuard<Consumer>>,
+    triggers: Triggers<C, Q, D, W>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> (impl Future<Output = ()>, ValidStore<Consumer>) {
-    let shared = &ctx.shared;
-    // Guarded: one Consumer (or Queue) the types cannot read must not stop the watch of all.
-    let consumers = shared.scope.api::<DeserializeGuard<Consumer>>(shared.client.clone());
-    let controller =
-        Controller::new(consumers, watcher::Config::default().any_semantic()).trigger_backoff(k8s::watch_backoff());
-    let store = controller.store();
-    let mapper_store = store.clone();
-    let woken = woken.map(|r| {
+) -> impl Future<Output = ()>
+where
+    C: futures::Stream<Item = Arc<DeserializeGuard<Consumer>>> + Send + 'static,
+    Q: futures::Stream<Item = Arc<DeserializeGuard<Queue>>> + Send + 'static,
+    D: futures::Stream<Item = Arc<Deployment>> + Send + 'static,
+    W: futures::Stream<Item = ObjectRef<Consumer>> + Send + 'static,
+{
+    let mapper_store = consumers.clone();
+    let woken = triggers.woken.map(|r| {
         let mut guarded = ObjectRef::<DeserializeGuard<Consumer>>::new(&r.name);
         guarded.namespace = r.namespace;
         guarded
     });
-    let controller = controller
-        .owns(
-            shared.scope.api::<Deployment>(shared.client.clone()),
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=streamq"),
-        )
-        .watches(
-            shared.scope.api::<DeserializeGuard<Queue>>(shared.client.clone()),
-            watcher::Config::default(),
-            move |q| consumers_of(&mapper_store, &q),
-        )
+    Controller::for_shared_stream(triggers.consumers, consumers)
+        .owns_shared_stream(triggers.deployments)
+        .watches_shared_stream(triggers.queues, move |q| consumers_of(&mapper_store, &q))
         .reconcile_on(woken)
-        .graceful_shutdown_on(shutdown);
-    let fut = controller.run(reconcile, error_policy, ctx).for_each(|res| async move {
-        if let Err(err) = res {
-            tracing::debug!(%err, "consumer controller");
-        }
-    });
-    (fut, ValidStore::new(store))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(err) = res {
+                tracing::debug!(%err, "consumer controller");
+            }
+        })
 }

@@ -3,7 +3,7 @@
 //! the Consumer controller is woken where the decision changed.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,7 +16,7 @@ use super::{Consumer, Context, decisions::Latest};
 use crate::{
     api::{Duration as ApiDuration, Queue},
     autoscale::{Autoscaler, ConsumerObservation, Observation, Policy},
-    guard::ValidStore,
+    guard::{Valid, ValidStore},
     metrics::{ConsumerLabels, ConsumerMetrics},
     redis::sampler::{StreamSample, Targets},
 };
@@ -45,7 +45,7 @@ struct Scalers {
 }
 
 /// The autoscaled Consumers on one Redis server, each with its stream.
-type Members = Vec<(Arc<Consumer>, String)>;
+type Members = Vec<(Valid<Consumer>, String)>;
 
 /// Runs until `shutdown`.
 pub async fn run(
@@ -78,7 +78,7 @@ pub async fn run(
 /// each gets its autoscaler, with the policy its spec says now.
 async fn group_by_redis(
     ctx: &Context,
-    all: &[Arc<Consumer>],
+    all: &[Valid<Consumer>],
     queues: &ValidStore<Queue>,
     scalers: &mut Scalers,
 ) -> BTreeMap<String, Members> {
@@ -188,12 +188,13 @@ fn decide(scaler: &mut Autoscaler, consumer: &Consumer, sample: Option<&StreamSa
 }
 
 /// Drops the state and metric series of Consumers that are gone.
-async fn forget_departed(ctx: &Context, all: &[Arc<Consumer>], scalers: &mut Scalers) {
-    let alive: Vec<String> = all.iter().filter_map(|c| c.uid()).collect();
-    for gone in scalers.by_uid.keys().filter(|uid| !alive.contains(uid)) {
+async fn forget_departed(ctx: &Context, all: &[Valid<Consumer>], scalers: &mut Scalers) {
+    let alive: HashSet<String> = all.iter().filter_map(|c| c.uid()).collect();
+    for gone in scalers.by_uid.keys().filter(|uid| !alive.contains(*uid)) {
         if let Some(labels) = scalers.labels_by_uid.remove(gone) {
             ctx.shared.metrics.consumers.forget(&labels);
         }
+        ctx.shared.status_writes.forget(gone).await;
     }
     for c in all {
         if let Some(uid) = c.uid() {

@@ -11,7 +11,7 @@ use super::{Context, build, claim, events, managed, status::Provisioned, validat
 use crate::{
     api::{Broker, ManagedBroker, Queue, Reason},
     broker::{self, Access},
-    k8s,
+    k8s::{self, applied::Version},
     problem::Problem,
     redis::admin::{Admin, Changes, QueueSpec, Snapshot},
 };
@@ -50,7 +50,12 @@ pub(super) async fn provision(queue: &Queue, ctx: &Context) -> Result<Provisione
 /// The external URL, or the managed Redis applied and ready.
 async fn broker_access(queue: &Queue, ctx: &Context) -> Result<Access, Problem> {
     match &queue.spec.broker {
-        Broker::External(_) => ctx.shared.brokers.resolve(queue, &ctx.shared.client).await,
+        Broker::External(_) => {
+            ctx.shared
+                .brokers
+                .resolve(queue, &ctx.shared.client, &ctx.shared.secrets)
+                .await
+        }
         Broker::Managed(managed) => apply_managed_redis(queue, managed, ctx).await,
     }
 }
@@ -100,8 +105,10 @@ async fn admin_password(queue: &Queue, ctx: &Context) -> Result<String, Problem>
     let ns = queue.namespace().unwrap_or_default();
     let name = build::names(queue).admin_secret;
     let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    match secrets
-        .get_opt(&name)
+    match ctx
+        .shared
+        .secrets
+        .get(&ctx.shared.client, &ns, &name)
         .await
         .map_err(|e| Problem::kube("reading", &name, e))?
     {
@@ -127,11 +134,13 @@ struct Credentials {
 
 async fn existing_credentials(queue: &Queue, ctx: &Context) -> Result<Credentials, Problem> {
     let names = build::names(queue);
-    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &queue.namespace().unwrap_or_default());
+    let ns = queue.namespace().unwrap_or_default();
     let mut passwords = Vec::with_capacity(2);
     for name in [&names.producer_secret, &names.consumer_secret] {
-        let secret = secrets
-            .get_opt(name)
+        let secret = ctx
+            .shared
+            .secrets
+            .get(&ctx.shared.client, &ns, name)
             .await
             .map_err(|e| Problem::kube("reading", name, e))?;
         passwords.push(secret.and_then(|s| broker::secret_value(&s, "password")));
@@ -183,7 +192,8 @@ async fn apply_credential_secrets(
     spec: &QueueSpec,
 ) -> Result<build::Names, Problem> {
     let names = build::names(queue);
-    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &queue.namespace().unwrap_or_default());
+    let ns = queue.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let dead_letter = queue.dead_letter_stream_key();
     for (name, user, password) in [
         (&names.producer_secret, &spec.producer_user, &spec.producer_password),
@@ -191,7 +201,15 @@ async fn apply_credential_secrets(
     ] {
         let url = access.endpoint.url_for(user, password);
         let secret = build::credentials_secret(queue, name, &url, user, password, dead_letter.as_deref());
-        k8s::apply(&secrets, name, &secret)
+        let live = ctx.shared.secrets.watched(&ns, name);
+        ctx.shared
+            .applied
+            .apply(
+                &secrets,
+                &secret,
+                live.as_ref().map(|l| &l.metadata),
+                Version::ResourceVersion,
+            )
             .await
             .map_err(|e| Problem::kube("applying", name, e))?;
     }

@@ -57,12 +57,17 @@ pub(super) async fn cleanup(queue: &Queue, ctx: &Context) -> Result<Action, Erro
 async fn forget(ctx: &Context, uid: &str) {
     ctx.memory.forget(uid).await;
     ctx.shared.brokers.forget(uid).await;
+    ctx.shared.status_writes.forget(uid).await;
 }
 
 /// Removes the users, and the data when the policy says so and the stream is
 /// ours. Returns whether the data went.
 async fn remove_from_redis(queue: &Queue, ctx: &Context) -> Result<bool, Problem> {
-    let mut admin = ctx.shared.brokers.admin(queue, &ctx.shared.client).await?;
+    let mut admin = ctx
+        .shared
+        .brokers
+        .admin(queue, &ctx.shared.client, &ctx.shared.secrets)
+        .await?;
     let spec = build::redis_spec(queue, String::new(), String::new());
     let owner = admin.snapshot(&spec).await.map_err(|e| Problem::redis(&e))?.owner;
     // Never delete data another Queue owns (this one may have been the younger of a conflict).

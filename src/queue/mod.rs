@@ -37,8 +37,6 @@ use self::memory::QueueMemory;
 use crate::{
     api::{Broker, ConditionType, Queue, find_condition},
     context::Shared,
-    guard::ValidStore,
-    k8s,
 };
 
 const CONTROLLER: &str = "queue";
@@ -117,13 +115,15 @@ async fn reconcile_live(queue: &Queue, ctx: &Context) -> Result<Action, Error> {
         .as_ref()
         .and_then(|s| find_condition(&s.conditions, ConditionType::Degraded))
         .map(|c| c.reason.clone());
-    k8s::apply_status(&ctx.shared.client, queue, &status)
+    let previous = queue.status.clone().unwrap_or_default();
+    ctx.shared
+        .write_status(queue, &previous, &status)
         .await
         .map_err(Error::Status)?;
     match outcome {
         Ok(_) => {
             ctx.memory.succeeded(&uid).await;
-            Ok(Action::requeue(ctx.shared.resync))
+            Ok(Action::requeue(ctx.shared.next_resync()))
         }
         Err(problem) => {
             if problem.fault && previous_problem.as_deref() != Some(problem.reason.as_str()) {
@@ -166,33 +166,29 @@ fn queues_for_secret(
         .collect()
 }
 
-/// The controller, ready to run until `shutdown` resolves.
+/// The controller, ready to run until `shutdown` resolves. It is woken by
+/// its Queues and their Secrets (shared watch caches' changes) and by the
+/// managed Redis StatefulSets it owns.
 pub fn controller(
     ctx: Arc<Context>,
+    queues: Store<DeserializeGuard<Queue>>,
+    queue_changes: impl futures::Stream<Item = Arc<DeserializeGuard<Queue>>> + Send + 'static,
+    secret_changes: impl futures::Stream<Item = Arc<PartialObjectMeta<Secret>>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> (impl Future<Output = ()>, ValidStore<Queue>) {
+) -> impl Future<Output = ()> {
     let shared = &ctx.shared;
-    // Guarded: one Queue the types cannot read must not stop the watch of all.
-    let queues = shared.scope.api::<DeserializeGuard<Queue>>(shared.client.clone());
-    let controller =
-        Controller::new(queues, watcher::Config::default().any_semantic()).trigger_backoff(k8s::watch_backoff());
-    let store = controller.store();
-    let secret_store = store.clone();
-    // Secrets are watched as metadata only: their data never sits in the cache.
-    let secrets = shared.scope.api::<PartialObjectMeta<Secret>>(shared.client.clone());
-    let controller = controller
+    let secret_store = queues.clone();
+    Controller::for_shared_stream(queue_changes, queues)
         .owns(
             shared.scope.api::<StatefulSet>(shared.client.clone()),
             watcher::Config::default().labels("app.kubernetes.io/managed-by=streamq"),
         )
-        .watches(secrets, watcher::Config::default(), move |secret| {
-            queues_for_secret(&secret_store, &secret)
+        .watches_shared_stream(secret_changes, move |secret| queues_for_secret(&secret_store, &secret))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(err) = res {
+                tracing::debug!(%err, "queue controller");
+            }
         })
-        .graceful_shutdown_on(shutdown);
-    let fut = controller.run(reconcile, error_policy, ctx).for_each(|res| async move {
-        if let Err(err) = res {
-            tracing::debug!(%err, "queue controller");
-        }
-    });
-    (fut, ValidStore::new(store))
 }

@@ -37,6 +37,9 @@ if KEYS[2] then local d = info(KEYS[2]); table.insert(out, d[1]); table.insert(o
 return out
 "#;
 
+/// How the operator's connections appear in `CLIENT LIST`.
+pub const CLIENT_NAME: &str = "streamq-operator";
+
 /// An administrative connection to one Redis server.
 #[derive(Clone)]
 pub struct Admin {
@@ -48,7 +51,7 @@ pub struct Admin {
 /// Connects, authenticates and checks that the server is Redis/Valkey 7.0+.
 pub async fn connect(url: &str) -> Result<Admin, Error> {
     let options = connection::Options {
-        client_name: None,
+        client_name: Some(CLIENT_NAME),
         connect_timeout: TIMEOUT,
         response_timeout: TIMEOUT,
     };

@@ -44,30 +44,47 @@ pub struct ConsumerSample {
 }
 
 /// Reads all `targets` in one round trip. Missing streams and groups are
-/// reported as such, not as errors.
+/// reported as such, not as errors. The script goes by its SHA (EVALSHA):
+/// sending its text for every stream every second would make Redis hash it
+/// each time. A server that does not know it yet (first use, restart, SCRIPT
+/// FLUSH) is given it once, and the round repeated.
 pub async fn sample(
     conn: &mut MultiplexedConnection,
     targets: &Targets,
 ) -> Result<BTreeMap<String, StreamSample>, Error> {
+    let script = ::redis::Script::new(SAMPLE_LUA);
+    let replies = match sample_pipe(script.get_hash(), targets).query_async(conn).await {
+        Err(e) if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) => {
+            let _: String = ::redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(SAMPLE_LUA)
+                .query_async(conn)
+                .await
+                .map_err(|e| Error::classify(e, "SCRIPT LOAD sample", None))?;
+            sample_pipe(script.get_hash(), targets).query_async(conn).await
+        }
+        other => other,
+    };
+    let replies: Vec<Value> = replies.map_err(|e| Error::classify(e, "EVALSHA sample", None))?;
+    Ok(targets
+        .keys()
+        .cloned()
+        .zip(replies.into_iter().map(parse_stream))
+        .collect())
+}
+
+fn sample_pipe(sha: &str, targets: &Targets) -> ::redis::Pipeline {
     let mut pipe = ::redis::pipe();
     for (stream, groups) in targets {
-        let mut eval = ::redis::cmd("EVAL");
-        eval.arg(SAMPLE_LUA).arg(1 + groups.len()).arg(stream);
+        let mut eval = ::redis::cmd("EVALSHA");
+        eval.arg(sha).arg(1 + groups.len()).arg(stream);
         for g in groups {
             eval.arg(keys::stats_key(stream, g));
         }
         eval.arg(groups);
         pipe.add_command(eval);
     }
-    let replies: Vec<Value> = pipe
-        .query_async(conn)
-        .await
-        .map_err(|e| Error::classify(e, "EVAL sample", None))?;
-    Ok(targets
-        .keys()
-        .cloned()
-        .zip(replies.into_iter().map(parse_stream))
-        .collect())
+    pipe
 }
 
 /// Reads the sample script's reply: `[now_ms, entries_added, length, group…]`.

@@ -249,7 +249,6 @@ impl Handler {
         Self { addr, state, task }
     }
 
-
     pub fn handled(&self) -> HashMap<String, Handled> {
         self.state.handled.lock().unwrap().clone()
     }

@@ -29,16 +29,15 @@ impl Operator {
         let metrics_addr = format!("127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("streamq-operator-{namespace}-{port}.log"));
         let (stdout, stderr) = log_file(&log);
+        // Tests resync every 2 s unless they choose otherwise.
+        let resync: &[&str] = if extra_args.contains(&"--resync-interval") {
+            &[]
+        } else {
+            &["--resync-interval", "2s"]
+        };
         let child = Command::new(STREAMQ)
-            .args([
-                "run",
-                "--namespace",
-                namespace,
-                "--metrics-addr",
-                &metrics_addr,
-                "--resync-interval",
-                "2s",
-            ])
+            .args(["run", "--namespace", namespace, "--metrics-addr", &metrics_addr])
+            .args(resync)
             .args(extra_args)
             .env("RUST_LOG", "info,streamq=debug")
             .envs(extra_env.iter().copied())

@@ -2,10 +2,7 @@
 //! apiserver and Redis: the harness of `make bench-scale` and of the
 //! steady-state regression test.
 
-use std::{
-    collections::BTreeMap,
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
@@ -20,7 +17,6 @@ use super::{
     objects::{consumer, external_queue},
     operator::http_get,
     redis_client::cmd,
-    wait::poll_every,
 };
 
 /// How many creations are in flight at once.
@@ -62,51 +58,72 @@ pub async fn create_pairs(env: &TestEnv, range: std::ops::Range<usize>) {
 
 /// From the objects' own timestamps: the last creation, and the last Ready transition.
 pub struct Readiness {
-    pub last_created: Timestamp,
-    pub last_ready: Timestamp,
+    /// Objects Ready, of `2 × pairs`.
+    pub ready: usize,
+    pub objects: usize,
+    pub last_created: Option<Timestamp>,
+    pub last_ready: Option<Timestamp>,
 }
 
 impl Readiness {
-    /// Seconds from the last object's creation to the last object Ready (whole seconds, as the API keeps them).
-    pub fn seconds(&self) -> i64 {
-        (self.last_ready.as_second() - self.last_created.as_second()).max(0)
+    pub fn all(&self) -> bool {
+        self.ready == self.objects
+    }
+
+    /// Seconds from the last object's creation to the last object Ready
+    /// (whole seconds, as the API keeps them), once all are Ready.
+    pub fn seconds(&self) -> Option<i64> {
+        let (created, ready) = (self.last_created?, self.last_ready?);
+        self.all().then(|| (ready.as_second() - created.as_second()).max(0))
     }
 }
 
-/// Waits until `n` Queues and `n` Consumers are Ready, listing every second.
-pub async fn wait_all_ready(env: &TestEnv, n: usize, timeout: Duration) -> Readiness {
-    let what = format!("{n} Queues and {n} Consumers Ready");
-    poll_every(Duration::from_secs(1), timeout, &what, || async {
-        let queues = env.api::<Queue>().list(&ListParams::default()).await.map_err(|e| e.to_string())?;
-        let consumers = env.api::<Consumer>().list(&ListParams::default()).await.map_err(|e| e.to_string())?;
-        let mut times = vec![];
-        for (created, conditions) in queues
-            .items
-            .iter()
-            .map(|q| (q.creation_timestamp(), q.status.as_ref().map(|s| &s.conditions)))
-            .chain(
-                consumers
-                    .items
-                    .iter()
-                    .map(|c| (c.creation_timestamp(), c.status.as_ref().map(|s| &s.conditions))),
-            )
-        {
-            let ready = conditions
-                .and_then(|c| find_condition(c, ConditionType::Ready))
-                .filter(|c| c.status == ConditionStatus::True);
-            if let (Some(created), Some(ready)) = (created, ready) {
-                times.push((created.0, ready.last_transition_time.0));
-            }
+/// How many of the Queues and Consumers are Ready, from one list of each.
+pub async fn readiness(env: &TestEnv) -> Result<Readiness, kube::Error> {
+    let queues = env.api::<Queue>().list(&ListParams::default()).await?;
+    let consumers = env.api::<Consumer>().list(&ListParams::default()).await?;
+    let objects = queues.items.len() + consumers.items.len();
+    let mut times = vec![];
+    let all = queues
+        .items
+        .iter()
+        .map(|q| (q.creation_timestamp(), q.status.as_ref().map(|s| &s.conditions)))
+        .chain(
+            consumers
+                .items
+                .iter()
+                .map(|c| (c.creation_timestamp(), c.status.as_ref().map(|s| &s.conditions))),
+        );
+    for (created, conditions) in all {
+        let ready = conditions
+            .and_then(|c| find_condition(c, ConditionType::Ready))
+            .filter(|c| c.status == ConditionStatus::True);
+        if let (Some(created), Some(ready)) = (created, ready) {
+            times.push((created.0, ready.last_transition_time.0));
         }
-        if times.len() < 2 * n {
-            return Err(format!("{} of {} Ready", times.len(), 2 * n));
-        }
-        Ok(Readiness {
-            last_created: times.iter().map(|t| t.0).max().unwrap(),
-            last_ready: times.iter().map(|t| t.1).max().unwrap(),
-        })
+    }
+    Ok(Readiness {
+        ready: times.len(),
+        objects,
+        last_created: times.iter().map(|t| t.0).max(),
+        last_ready: times.iter().map(|t| t.1).max(),
     })
-    .await
+}
+
+/// Waits until `n` Queues and `n` Consumers are Ready, listing every second;
+/// after `timeout`, returns how far they got.
+pub async fn wait_all_ready(env: &TestEnv, n: usize, timeout: Duration) -> Readiness {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let now = readiness(env).await;
+        if let Ok(r) = &now
+            && r.objects == 2 * n
+            && (r.all() || std::time::Instant::now() >= deadline)
+        {
+            return now.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// A process' CPU time and memory from /proc.
@@ -168,9 +185,7 @@ pub async fn redis_cpu(conn: &mut MultiplexedConnection) -> Duration {
 pub async fn redis_clients(conn: &mut MultiplexedConnection) -> usize {
     let me: i64 = cmd(conn, &["CLIENT", "ID"]).await;
     let list: String = cmd(conn, &["CLIENT", "LIST"]).await;
-    list.lines()
-        .filter(|l| !l.starts_with(&format!("id={me} ")))
-        .count()
+    list.lines().filter(|l| !l.starts_with(&format!("id={me} "))).count()
 }
 
 /// The operator's requests to the apiserver in a window, from the audit log.

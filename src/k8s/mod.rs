@@ -4,6 +4,10 @@
 //! election Lease, which `leader.rs` writes with create/replace under its
 //! resourceVersion: an election needs that compare-and-swap.
 
+pub mod applied;
+pub mod cache;
+pub mod secrets;
+
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;

@@ -1,0 +1,78 @@
+//! The operator's steady-state cost with many idle Queues and Consumers:
+//! no apiserver writes round after round, and one Redis connection for all.
+//! `make bench-scale` measures the same at 100 to 1,000 pairs.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use support::{
+    chart::{Release, service_account_kubeconfig},
+    scale::*,
+    *,
+};
+
+const PAIRS: usize = 50;
+/// Resyncs of every object the steady-state window spans.
+const ROUNDS: usize = 5;
+
+async fn reconciliations(operator: &Operator) -> usize {
+    metric(&operator.metrics_addr, "streamq_reconciliations_total").await as usize
+}
+
+/// Waits until every object was reconciled `rounds` more times (by the
+/// reconciliation counter), which at a 2 s resync takes about 2 s a round.
+async fn wait_rounds(operator: &Operator, rounds: usize) {
+    let from = reconciliations(operator).await;
+    let want = from + rounds * 2 * PAIRS;
+    poll_every(
+        Duration::from_millis(500),
+        Duration::from_secs(120),
+        "resync rounds",
+        || async {
+            let now = reconciliations(operator).await;
+            if now >= want {
+                Ok(())
+            } else {
+                Err(format!("{now} of {want} reconciliations"))
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn idle_queues_and_consumers_cost_no_apiserver_writes_and_one_redis_connection() {
+    let env = TestEnv::new("scale").await;
+    env.create_admin_secret().await;
+    let release = Release::install(&env, &["replicaCount=0"]);
+    let kubeconfig = service_account_kubeconfig(&env.namespace, release.service_account());
+    // The test harness' 2 s resync: each object is reconciled several times in the window.
+    let operator = Operator::start(&env.namespace, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    create_pairs(&env, 0..PAIRS).await;
+    let ready = wait_all_ready(&env, PAIRS, Duration::from_secs(180)).await;
+    assert!(ready.all(), "{} of {} objects Ready", ready.ready, ready.objects);
+    // One round to settle what the first rounds legitimately write (the first figures).
+    wait_rounds(&operator, 1).await;
+
+    let (since, started) = (Timestamp::now(), std::time::Instant::now());
+    wait_rounds(&operator, ROUNDS).await;
+    let (until, window) = (Timestamp::now(), started.elapsed());
+    let requests = operator_requests(&env.namespace, release.service_account(), since, until);
+    let rate = requests.writes_per_object_per_10min(2 * PAIRS, window);
+    assert!(
+        rate < 1.0,
+        "{} writes in {window:?} over {ROUNDS} resync rounds of {PAIRS} idle pairs: {rate:.1} per object per 10 min (goal < 1): {:?}",
+        requests.total_writes(),
+        requests.writes
+    );
+
+    let mut redis = redis_client::connect(&env.redis_url).await;
+    let list: String = redis_client::cmd(&mut redis, &["CLIENT", "LIST"]).await;
+    let ours = list.lines().filter(|l| l.contains(" name=streamq-operator ")).count();
+    assert!(
+        (1..=2).contains(&ours),
+        "{ours} operator connections to Redis for {PAIRS} Queues on it (want one, two at most):\n{list}"
+    );
+}
