@@ -77,11 +77,6 @@ impl Applied {
         self.0.lock().await.insert(key, remembered);
         Ok(Some(applied))
     }
-
-    /// Forgets an object streamq no longer applies (its owner is gone).
-    pub async fn forget(&self, kind: &str, namespace: &str, name: &str) {
-        self.0.lock().await.remove(&format!("{kind}/{namespace}/{name}"));
-    }
 }
 
 fn digest(obj: &impl Serialize) -> [u8; 32] {

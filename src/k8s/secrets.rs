@@ -60,9 +60,4 @@ impl SecretReader {
     pub fn watched(&self, ns: &str, name: &str) -> Option<Arc<PartialObjectMeta<Secret>>> {
         self.metadata.get(&ObjectRef::new(name).within(ns))
     }
-
-    /// Forgets a Secret (its Queue is gone).
-    pub async fn forget(&self, ns: &str, name: &str) {
-        self.read.lock().await.remove(&format!("{ns}/{name}"));
-    }
 }
