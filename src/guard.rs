@@ -18,7 +18,7 @@ use kube::{
     core::{DeserializeGuard, error_boundary::InvalidObject},
     runtime::{
         events::EventType,
-        reflector::{ObjectRef, Store, store::WriterDropped},
+        reflector::{ObjectRef, Store},
     },
 };
 use serde::de::DeserializeOwned;
@@ -64,10 +64,6 @@ where
         let mut guarded = ObjectRef::<DeserializeGuard<K>>::new(&key.name);
         guarded.namespace = key.namespace.clone();
         Valid::new(self.0.get(&guarded)?)
-    }
-
-    pub async fn wait_until_ready(&self) -> Result<(), WriterDropped> {
-        self.0.wait_until_ready().await
     }
 }
 

@@ -114,6 +114,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         queues: ValidStore::new(queues.store.clone()),
         deployments: deployments.store.clone(),
         pods: pods.store.clone(),
+        synced: [queues.synced.clone(), deployments.synced.clone(), pods.synced.clone()],
     };
     let controllers = Controllers {
         queue: Arc::new(queue::Context::new(shared.clone(), config.queue_cleanup_timeout)),
@@ -209,6 +210,7 @@ async fn run_controllers(
         ValidStore::new(c.queues.store.clone()),
         ValidStore::new(c.consumers.store.clone()),
     );
+    let synced = [c.queues.synced.clone(), c.consumers.synced.clone()];
     let queues = queue::controller(
         c.queue,
         c.queues.store,
@@ -257,13 +259,14 @@ async fn run_controllers(
             // Not ready until both caches hold the cluster's state; a
             // reconcile before that could act on a partial view.
             let synced = async {
-                queue_store.wait_until_ready().await.is_ok() && consumer_store.wait_until_ready().await.is_ok()
+                for cache in &synced {
+                    cache.wait().await;
+                }
             };
-            // A shutdown before the caches synced ends this wait too: the
-            // stores' writers may outlive the controllers, so the wait alone
-            // would never end and the process would not exit.
+            // A shutdown before the caches synced ends this wait at once,
+            // not only when the watches have stopped.
             tokio::select! {
-                true = synced => {
+                () = synced => {
                     ready.store(true, Ordering::Relaxed);
                     tracing::info!("caches synced; ready");
                 }

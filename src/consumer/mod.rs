@@ -36,6 +36,7 @@ use crate::{
     api::{Consumer, Queue},
     context::Shared,
     guard::ValidStore,
+    k8s::cache::Synced,
     problem::Problem,
 };
 
@@ -58,6 +59,8 @@ pub struct Stores {
     pub deployments: Store<Deployment>,
     /// The Consumers' pods, stripped of their specs.
     pub pods: Store<Pod>,
+    /// Whether those three caches have synced.
+    pub synced: [Synced; 3],
 }
 
 /// Where the autoscaler's time from replicas raised to a worker consuming comes from.
@@ -74,10 +77,9 @@ impl Stores {
     /// missing Queue or Deployment may only not have arrived yet, and a round
     /// would report a fault or size from nothing. Immediate once synced.
     async fn synced(&self) {
-        // A dropped writer means shutdown; the round then ends on its own.
-        let _ = self.queues.wait_until_ready().await;
-        let _ = self.deployments.wait_until_ready().await;
-        let _ = self.pods.wait_until_ready().await;
+        for synced in &self.synced {
+            synced.wait().await;
+        }
     }
 }
 
