@@ -135,6 +135,24 @@ async fn deleted_stream_and_acl_user_come_back_with_an_event() {
     let _: redis::Value = cmd(&mut consumer, &["XINFO", "STREAM", &stream]).await;
 }
 
+/// The operator sends its Lua scripts by SHA1 (EVALSHA). A server that has
+/// lost them (a restart, SCRIPT FLUSH) is given them again within the round:
+/// the drift below is repaired only if the snapshot and maintenance scripts run.
+#[tokio::test]
+async fn a_server_that_lost_the_scripts_is_given_them_again() {
+    let (env, _op) = setup("q-noscript").await;
+    env.create(&external_queue("jobs", json!({}))).await;
+    wait_provisioned(&env, "jobs").await;
+    let stream = format!("streamq:{{{}.jobs}}", env.namespace);
+    let mut admin = env.redis().await;
+    let _: () = cmd(&mut admin, &["SCRIPT", "FLUSH"]).await;
+    let _: () = cmd(&mut admin, &["DEL", &stream]).await;
+    let event = wait_event(&env, "StreamRecreated").await;
+    assert!(event[0].contains(&stream), "{event:?}");
+    let kind: String = cmd(&mut admin, &["TYPE", &stream]).await;
+    assert_eq!(kind, "stream");
+}
+
 #[tokio::test]
 async fn retention_never_trims_unacknowledged_entries() {
     let (env, _op) = setup("q-retain").await;

@@ -126,10 +126,13 @@ impl Decisions {
         self.latest.lock().await.insert(uid, latest);
     }
 
-    pub(super) async fn forget_missing(&self, alive: &HashSet<String>) {
-        self.latest.lock().await.retain(|uid, _| alive.contains(uid));
-        self.last_scale.lock().await.retain(|uid, _| alive.contains(uid));
-        self.startups.lock().await.retain(|uid, _| alive.contains(uid));
+    pub(super) async fn forget_missing(&self, alive: &HashSet<&str>) {
+        self.latest.lock().await.retain(|uid, _| alive.contains(uid.as_str()));
+        self.last_scale
+            .lock()
+            .await
+            .retain(|uid, _| alive.contains(uid.as_str()));
+        self.startups.lock().await.retain(|uid, _| alive.contains(uid.as_str()));
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
 };
 
 use futures::{SinkExt, channel::mpsc::Sender};
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use kube::{Resource, ResourceExt, runtime::reflector::ObjectRef};
 use tokio_util::sync::CancellationToken;
 
 use super::{Consumer, Context, decisions::Latest};
@@ -146,7 +146,11 @@ async fn sample_server(
         {
             tracing::warn!(consumer = %consumer.name_any(), error = %e, "sampling failed; holding replicas");
         }
-        record(&ctx.shared.metrics.consumers, &consumer, &latest, current);
+        let series = scalers
+            .labels_by_uid
+            .entry(uid.clone())
+            .or_insert_with(|| labels(&consumer));
+        record(&ctx.shared.metrics.consumers, series, &latest, current);
         let now = Instant::now();
         if let Some(previous) = scalers.decided_at.insert(uid.clone(), now) {
             let late = now.duration_since(previous).saturating_sub(ctx.sample_interval);
@@ -164,9 +168,10 @@ async fn sample_server(
 /// The autoscaler's decision for `consumer` from its stream's sample (none:
 /// hold); also returns the replicas it has now.
 fn decide(scaler: &mut Autoscaler, consumer: &Consumer, sample: Option<&StreamSample>, at: Duration) -> (Latest, u32) {
-    let status = consumer.status.clone().unwrap_or_default();
-    let current = u32::try_from(status.desired_replicas.unwrap_or(0)).unwrap_or(0);
-    let ready = u32::try_from(status.ready_replicas.unwrap_or(0)).unwrap_or(0);
+    let status = consumer.status.as_ref();
+    let replicas = |r: Option<Option<i32>>| u32::try_from(r.flatten().unwrap_or(0)).unwrap_or(0);
+    let current = replicas(status.map(|s| s.desired_replicas));
+    let ready = replicas(status.map(|s| s.ready_replicas));
     let observed = sample.and_then(|s| observe(s, &consumer.group(), at, current, ready));
     let latest = match observed {
         Some((obs, lag_source, oldest_age)) => Latest {
@@ -179,7 +184,7 @@ fn decide(scaler: &mut Autoscaler, consumer: &Consumer, sample: Option<&StreamSa
         None => Latest {
             decision: scaler.no_data(at),
             lag_source: "unknown",
-            pending: status.pending.unwrap_or(0),
+            pending: status.and_then(|s| s.pending).unwrap_or(0),
             oldest_age: None,
             consumer_pending: BTreeMap::new(),
         },
@@ -187,22 +192,18 @@ fn decide(scaler: &mut Autoscaler, consumer: &Consumer, sample: Option<&StreamSa
     (latest, current)
 }
 
-/// Drops the state and metric series of Consumers that are gone.
+/// Drops the state and metric series of Consumers that are gone. Runs every
+/// interval over every Consumer, so it borrows their uids rather than copy them.
 async fn forget_departed(ctx: &Context, all: &[Valid<Consumer>], scalers: &mut Scalers) {
-    let alive: HashSet<String> = all.iter().filter_map(|c| c.uid()).collect();
-    for gone in scalers.by_uid.keys().filter(|uid| !alive.contains(*uid)) {
+    let alive: HashSet<&str> = all.iter().filter_map(|c| c.meta().uid.as_deref()).collect();
+    for gone in scalers.by_uid.keys().filter(|uid| !alive.contains(uid.as_str())) {
         if let Some(labels) = scalers.labels_by_uid.remove(gone) {
             ctx.shared.metrics.consumers.forget(&labels);
         }
         ctx.shared.status_writes.forget(gone).await;
     }
-    for c in all {
-        if let Some(uid) = c.uid() {
-            scalers.labels_by_uid.entry(uid).or_insert_with(|| labels(c));
-        }
-    }
-    scalers.by_uid.retain(|uid, _| alive.contains(uid));
-    scalers.decided_at.retain(|uid, _| alive.contains(uid));
+    scalers.by_uid.retain(|uid, _| alive.contains(uid.as_str()));
+    scalers.decided_at.retain(|uid, _| alive.contains(uid.as_str()));
     ctx.decisions.forget_missing(&alive).await;
 }
 
@@ -213,28 +214,27 @@ fn labels(consumer: &Consumer) -> ConsumerLabels {
     }
 }
 
-fn record(m: &ConsumerMetrics, consumer: &Consumer, latest: &Latest, current: u32) {
-    let l = labels(consumer);
+fn record(m: &ConsumerMetrics, l: &ConsumerLabels, latest: &Latest, current: u32) {
     let e = &latest.decision.estimates;
     let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     if let Some(lag) = e.lag {
-        m.lag.get_or_create(&l).set(gauge(lag));
+        m.lag.get_or_create(l).set(gauge(lag));
     }
-    m.pending.get_or_create(&l).set(gauge(latest.pending));
+    m.pending.get_or_create(l).set(gauge(latest.pending));
     if let Some(r) = e.arrival_rate {
-        m.arrival_rate.get_or_create(&l).set(r);
+        m.arrival_rate.get_or_create(l).set(r);
     }
     if let Some(r) = e.completion_rate {
-        m.completion_rate.get_or_create(&l).set(r);
+        m.completion_rate.get_or_create(l).set(r);
     }
     m.processing_seconds
-        .get_or_create(&l)
+        .get_or_create(l)
         .set(e.processing_time.as_secs_f64());
     m.desired_replicas
-        .get_or_create(&l)
+        .get_or_create(l)
         .set(i64::from(latest.decision.replicas));
-    m.current_replicas.get_or_create(&l).set(i64::from(current));
-    m.decisions.get_or_create(&l).inc();
+    m.current_replicas.get_or_create(l).set(i64::from(current));
+    m.decisions.get_or_create(l).inc();
 }
 
 /// The autoscaler's view of one group in a stream sample.
@@ -248,7 +248,8 @@ fn observe(
     let g = s.groups.get(group)?;
     let oldest_age = g
         .oldest_undelivered_ms
-        .map(|ms| Duration::from_millis(s.now_ms.saturating_sub(ms)));
+        .zip(s.now_ms)
+        .map(|(ms, now)| Duration::from_millis(now.saturating_sub(ms)));
     let obs = Observation {
         at,
         entries_added: s.entries_added?,

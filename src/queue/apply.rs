@@ -173,8 +173,16 @@ async fn provision_redis(
         }
     };
     let claim = claim::decide(queue, &ctx.shared.client, spec, snapshot.owner.as_deref(), admin).await?;
-    match admin.provision(spec, &snapshot, claim).await {
-        Ok(changes) => Ok((snapshot, changes)),
+    let uid = queue.uid().unwrap_or_default();
+    let (digest, now) = (spec.users_digest(), std::time::Instant::now());
+    let refresh_users = ctx.memory.users_due(&uid, &digest, now).await;
+    match admin.provision(spec, &snapshot, claim, refresh_users).await {
+        Ok(changes) => {
+            if refresh_users {
+                ctx.memory.users_set(&uid, digest, now).await;
+            }
+            Ok((snapshot, changes))
+        }
         Err(e) => {
             if matches!(e, crate::redis::Error::Unreachable { .. }) {
                 ctx.shared.brokers.forget_connection(&access.admin_url).await;

@@ -21,7 +21,16 @@ pub struct Remembered {
     cleanup_failing_since: Option<Instant>,
     /// Provisioned at least once: anything missing later is drift, and is reported as such.
     provisioned: bool,
+    /// The ACL users as last set: a digest of what they were set from, and when.
+    users_set: Option<([u8; 32], Instant)>,
 }
+
+/// How often ACL users that exist are set again anyway, which puts back rules
+/// edited in place by hand. A missing user is recreated at the next resync
+/// whatever this says, and new passwords or keys are set at once; only an
+/// in-place edit waits this long. Setting both users of 1,000 Queues every
+/// 10 s resync was 200 `ACL SETUSER`s a second, 27 µs each on Redis 7.0.15.
+pub const USERS_REFRESH: Duration = Duration::from_secs(300);
 
 /// The ingress rate is smoothed with a time-based EWMA (time constant 30 s):
 /// a status column should move with the traffic, not with every sample's
@@ -85,6 +94,19 @@ impl QueueMemory {
         Duration::from_secs(1 << failures.min(6)).min(resync)
     }
 
+    /// Whether the round at `now` should set the existing ACL users (see [`USERS_REFRESH`]).
+    pub async fn users_due(&self, uid: &str, digest: &[u8; 32], now: Instant) -> bool {
+        self.with(uid, |m| {
+            m.users_set
+                .is_none_or(|(d, at)| &d != digest || now.duration_since(at) >= USERS_REFRESH)
+        })
+        .await
+    }
+
+    pub async fn users_set(&self, uid: &str, digest: [u8; 32], at: Instant) {
+        self.with(uid, |m| m.users_set = Some((digest, at))).await;
+    }
+
     pub async fn provisioned(&self, uid: &str) -> bool {
         self.with(uid, |m| m.provisioned).await
     }
@@ -93,5 +115,24 @@ impl QueueMemory {
     pub async fn cleanup_failing_since(&self, uid: &str) -> Instant {
         self.with(uid, |m| *m.cleanup_failing_since.get_or_insert_with(Instant::now))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn existing_users_are_set_again_on_a_change_or_once_the_refresh_is_due() {
+        let memory = QueueMemory::default();
+        let (a, b, t0) = ([1; 32], [2; 32], Instant::now());
+        assert!(memory.users_due("q", &a, t0).await, "never set: due");
+        memory.users_set("q", a, t0).await;
+        assert!(!memory.users_due("q", &a, t0 + Duration::from_secs(10)).await);
+        assert!(
+            memory.users_due("q", &b, t0 + Duration::from_secs(10)).await,
+            "new passwords or keys: due at once"
+        );
+        assert!(memory.users_due("q", &a, t0 + USERS_REFRESH).await);
     }
 }

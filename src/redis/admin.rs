@@ -11,6 +11,7 @@ use super::{
     acl::{self, Role},
     connection::{self, Endpoint},
     reply,
+    script::{self, Lua},
 };
 
 /// How long connecting or one command may take before Redis counts as unreachable.
@@ -22,7 +23,8 @@ const MAINTENANCE_BUDGET: u32 = 1000;
 /// stream; it is destroyed in the same round trip, leaving no trace.
 const MKSTREAM_GROUP: &str = "streamq.mkstream";
 
-const MAINTAIN_LUA: &str = include_str!("maintain.lua");
+static MAINTAIN: Lua = Lua::new(include_str!("maintain.lua"));
+static SNAPSHOT: Lua = Lua::new(SNAPSHOT_LUA);
 const SNAPSHOT_LUA: &str = r#"
 local function info(key)
   local t = redis.call('TYPE', key).ok
@@ -119,6 +121,26 @@ impl QueueSpec {
     pub fn owner_key(&self) -> String {
         owner_key(&self.stream)
     }
+
+    /// What the ACL users are set from, hashed: a change means setting them again.
+    pub fn users_digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [
+            &self.producer_user,
+            &self.producer_password,
+            &self.consumer_user,
+            &self.consumer_password,
+            &self.stream,
+        ]
+        .into_iter()
+        .chain(&self.dead_letter)
+        {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.finalize().into()
+    }
 }
 
 /// The key holding the claim of the Queue that owns `stream`.
@@ -159,31 +181,29 @@ impl Admin {
 
     /// Round trip 1: everything the reconciler decides from.
     pub async fn snapshot(&mut self, q: &QueueSpec) -> Result<Snapshot, Error> {
-        let mut pipe = ::redis::pipe();
-        let mut eval = ::redis::cmd("EVAL");
-        eval.arg(SNAPSHOT_LUA)
-            .arg(if q.dead_letter.is_some() { 2 } else { 1 })
-            .arg(&q.stream);
-        if let Some(dlq) = &q.dead_letter {
-            eval.arg(dlq);
-        }
-        // Errors come back per command, so a missing user's DRYRUN error is
-        // an answer, not a failed round trip.
-        pipe.ignore_errors().add_command(eval).cmd("GET").arg(q.owner_key());
-        for user in [&q.producer_user, &q.consumer_user] {
-            pipe.cmd("ACL").arg("DRYRUN").arg(user).arg("PING");
-        }
         type Replies = (
             RedisResult<Vec<Value>>,
             RedisResult<Option<String>>,
             RedisResult<Value>,
             RedisResult<Value>,
         );
-        let (stream, owner, producer, consumer): Replies = pipe
+        let pipe = snapshot_pipe(q);
+        let mut replies: Replies = pipe
             .query_async(&mut self.conn)
             .await
-            .map_err(self.err("EVAL snapshot/GET/ACL DRYRUN"))?;
-        let stream = stream.map_err(self.err("EVAL snapshot"))?;
+            .map_err(self.err("EVALSHA snapshot/GET/ACL DRYRUN"))?;
+        if replies.0.as_ref().is_err_and(script::is_missing) {
+            SNAPSHOT
+                .load(&mut self.conn)
+                .await
+                .map_err(self.err("SCRIPT LOAD snapshot"))?;
+            replies = pipe
+                .query_async(&mut self.conn)
+                .await
+                .map_err(self.err("EVALSHA snapshot/GET/ACL DRYRUN"))?;
+        }
+        let (stream, owner, producer, consumer) = replies;
+        let stream = stream.map_err(self.err("EVALSHA snapshot"))?;
         let owner = owner.map_err(self.err("GET owner"))?;
         let mut stream = stream.into_iter();
         let text = |v: Value| reply::string(v).unwrap_or_default();
@@ -200,9 +220,17 @@ impl Admin {
         })
     }
 
-    /// Round trip 2: creates what is missing, puts the ACL users back as they
-    /// should be, trims and dead-letters. `claim` writes the ownership claim.
-    pub async fn provision(&mut self, q: &QueueSpec, snap: &Snapshot, claim: bool) -> Result<Changes, Error> {
+    /// Round trip 2: creates what is missing, trims and dead-letters. `claim`
+    /// writes the ownership claim. A missing ACL user is created; existing
+    /// ones are put back as they should be only with `refresh_users`
+    /// (`ACL SETUSER` is among the dearest commands of a round).
+    pub async fn provision(
+        &mut self,
+        q: &QueueSpec,
+        snap: &Snapshot,
+        claim: bool,
+        refresh_users: bool,
+    ) -> Result<Changes, Error> {
         for (key, kind) in [
             (Some(&q.stream), Some(&snap.stream_type)),
             (q.dead_letter.as_ref(), snap.dead_letter_type.as_ref()),
@@ -243,19 +271,31 @@ impl Admin {
         if claim {
             pipe.cmd("SET").arg(q.owner_key()).arg(&q.owner).ignore();
         }
-        for (role, user, password) in [
-            (Role::Producer, &q.producer_user, &q.producer_password),
-            (Role::Consumer, &q.consumer_user, &q.consumer_password),
+        for (role, user, password, exists) in [
+            (
+                Role::Producer,
+                &q.producer_user,
+                &q.producer_password,
+                snap.producer_user_exists,
+            ),
+            (
+                Role::Consumer,
+                &q.consumer_user,
+                &q.consumer_password,
+                snap.consumer_user_exists,
+            ),
         ] {
+            if exists && !refresh_users {
+                continue;
+            }
             pipe.cmd("ACL")
                 .arg("SETUSER")
                 .arg(user)
                 .arg(acl::setuser_rules(role, password, &q.stream, q.dead_letter.as_deref()))
                 .ignore();
         }
-        let mut maintain = ::redis::cmd("EVAL");
+        let mut maintain = MAINTAIN.call();
         maintain
-            .arg(MAINTAIN_LUA)
             .arg(2)
             .arg(&q.stream)
             .arg(q.dead_letter.as_deref().unwrap_or(&q.stream))
@@ -267,10 +307,19 @@ impl Admin {
             .arg(if q.dead_letter.is_some() { "1" } else { "0" })
             .arg(MAINTENANCE_BUDGET);
         pipe.add_command(maintain);
-        let ((trimmed, dead_lettered, vanished),): ((u64, u64, u64),) = pipe
-            .query_async(&mut self.conn)
-            .await
-            .map_err(self.err("XGROUP/SET/ACL SETUSER/EVAL maintain"))?;
+        type Replies = ((u64, u64, u64),);
+        let replies: RedisResult<Replies> = match pipe.query_async(&mut self.conn).await {
+            Err(e) if script::is_missing(&e) => {
+                MAINTAIN
+                    .load(&mut self.conn)
+                    .await
+                    .map_err(self.err("SCRIPT LOAD maintain"))?;
+                pipe.query_async(&mut self.conn).await
+            }
+            other => other,
+        };
+        let ((trimmed, dead_lettered, vanished),) =
+            replies.map_err(self.err("XGROUP/SET/ACL SETUSER/EVALSHA maintain"))?;
         changes.trimmed = trimmed;
         changes.dead_lettered = dead_lettered;
         changes.vanished = vanished;
@@ -361,6 +410,23 @@ impl Admin {
             .await
             .map_err(self.err("ACL DELUSER/DEL"))
     }
+}
+
+/// The snapshot script, the ownership claim and whether each user exists.
+fn snapshot_pipe(q: &QueueSpec) -> ::redis::Pipeline {
+    let mut pipe = ::redis::pipe();
+    let mut eval = SNAPSHOT.call();
+    eval.arg(if q.dead_letter.is_some() { 2 } else { 1 }).arg(&q.stream);
+    if let Some(dlq) = &q.dead_letter {
+        eval.arg(dlq);
+    }
+    // Errors come back per command, so a missing user's DRYRUN error (or
+    // NOSCRIPT) is an answer, not a failed round trip.
+    pipe.ignore_errors().add_command(eval).cmd("GET").arg(q.owner_key());
+    for user in [&q.producer_user, &q.consumer_user] {
+        pipe.cmd("ACL").arg("DRYRUN").arg(user).arg("PING");
+    }
+    pipe
 }
 
 /// Whether an `ACL DRYRUN <user> PING` reply says the user exists: any

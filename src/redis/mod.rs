@@ -1,8 +1,9 @@
 //! All Redis I/O of streamq lives under this module: one connect path
 //! (`connection`), one error type with one classification (`Error`), one
 //! family of reply parsers (`reply`), and the commands of the operator's
-//! provisioning (`admin`, `acl`) and sampling (`sampler`) and of the worker
-//! runtime and producer (`stream`).
+//! provisioning (`admin`, `acl`) and sampling (`sampler`), with their Lua
+//! scripts sent by SHA1 (`script`), and of the worker runtime and producer
+//! (`stream`).
 
 pub mod acl;
 pub mod admin;
@@ -12,6 +13,7 @@ pub mod keys;
 pub mod pool;
 pub mod reply;
 pub mod sampler;
+mod script;
 pub mod stream;
 
 pub use error::Error;

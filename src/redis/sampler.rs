@@ -5,20 +5,23 @@ use std::{collections::BTreeMap, time::Duration};
 
 use ::redis::{Value, aio::MultiplexedConnection};
 
-use super::{Error, keys, reply};
+use super::{
+    Error, keys, reply,
+    script::{self, Lua},
+};
 
-const SAMPLE_LUA: &str = include_str!("sample.lua");
+static SAMPLE: Lua = Lua::new(include_str!("sample.lua"));
 
 /// What to read: each stream once, with its groups.
 pub type Targets = BTreeMap<String, Vec<String>>;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StreamSample {
-    /// Redis' clock at the sample, ms since the Unix epoch (stream IDs use it too).
-    pub now_ms: u64,
+    /// Redis' clock at the sample, ms since the Unix epoch (stream IDs use
+    /// it too); read only when some group has an undelivered entry to age.
+    pub now_ms: Option<u64>,
     /// None when the stream does not exist.
     pub entries_added: Option<u64>,
-    pub length: u64,
     pub groups: BTreeMap<String, GroupSample>,
 }
 
@@ -44,24 +47,19 @@ pub struct ConsumerSample {
 }
 
 /// Reads all `targets` in one round trip. Missing streams and groups are
-/// reported as such, not as errors. The script goes by its SHA (EVALSHA):
-/// sending its text for every stream every second would make Redis hash it
-/// each time. A server that does not know it yet (first use, restart, SCRIPT
-/// FLUSH) is given it once, and the round repeated.
+/// reported as such, not as errors.
 pub async fn sample(
     conn: &mut MultiplexedConnection,
     targets: &Targets,
 ) -> Result<BTreeMap<String, StreamSample>, Error> {
-    let script = ::redis::Script::new(SAMPLE_LUA);
-    let replies = match sample_pipe(script.get_hash(), targets).query_async(conn).await {
-        Err(e) if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) => {
-            let _: String = ::redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(SAMPLE_LUA)
-                .query_async(conn)
+    let pipe = sample_pipe(targets);
+    let replies = match pipe.query_async(conn).await {
+        Err(e) if script::is_missing(&e) => {
+            SAMPLE
+                .load(conn)
                 .await
                 .map_err(|e| Error::classify(e, "SCRIPT LOAD sample", None))?;
-            sample_pipe(script.get_hash(), targets).query_async(conn).await
+            pipe.query_async(conn).await
         }
         other => other,
     };
@@ -73,11 +71,11 @@ pub async fn sample(
         .collect())
 }
 
-fn sample_pipe(sha: &str, targets: &Targets) -> ::redis::Pipeline {
+fn sample_pipe(targets: &Targets) -> ::redis::Pipeline {
     let mut pipe = ::redis::pipe();
     for (stream, groups) in targets {
-        let mut eval = ::redis::cmd("EVALSHA");
-        eval.arg(sha).arg(1 + groups.len()).arg(stream);
+        let mut eval = SAMPLE.call();
+        eval.arg(1 + groups.len()).arg(stream);
         for g in groups {
             eval.arg(keys::stats_key(stream, g));
         }
@@ -87,13 +85,12 @@ fn sample_pipe(sha: &str, targets: &Targets) -> ::redis::Pipeline {
     pipe
 }
 
-/// Reads the sample script's reply: `[now_ms, entries_added, length, group…]`.
+/// Reads the sample script's reply: `[now_ms, entries_added, group…]`.
 fn parse_stream(value: Value) -> StreamSample {
     let mut top = reply::seq(value).into_iter();
     let mut sample = StreamSample {
-        now_ms: top.next().and_then(reply::count).unwrap_or(0),
+        now_ms: top.next().and_then(reply::count),
         entries_added: top.next().and_then(reply::count),
-        length: top.next().and_then(reply::count).unwrap_or(0),
         groups: BTreeMap::new(),
     };
     for group in top {
