@@ -220,6 +220,7 @@ where
         .owns_shared_stream(triggers.deployments)
         .watches_shared_stream(triggers.queues, move |q| consumers_of(&mapper_store, &q))
         .reconcile_on(woken)
+        .with_config(crate::k8s::controller_config())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

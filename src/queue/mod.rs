@@ -184,6 +184,7 @@ pub fn controller(
             watcher::Config::default().labels("app.kubernetes.io/managed-by=streamq"),
         )
         .watches_shared_stream(secret_changes, move |secret| queues_for_secret(&secret_store, &secret))
+        .with_config(crate::k8s::controller_config())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
