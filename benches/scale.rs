@@ -180,6 +180,7 @@ async fn run() {
                 READY_TIMEOUT.as_secs()
             ),
         };
+        wait_rounds(&operator, n, 1).await;
         let mut row = bench.window(&operator, n, length).await;
         row.ready = Some(ready);
         row.create_rate = Some(create_rate);
@@ -189,6 +190,17 @@ async fn run() {
     let busy = busy_window(&mut bench, &operator, created, length).await;
     let (restart, _operator) = restart(&bench, operator, created).await;
     print_report(&rows, &busy, &restart);
+    // Deleted while the operator runs, so it removes their finalizers: the
+    // namespace's deletion alone would take the operator's ServiceAccount
+    // first and leave every Queue stuck in Terminating.
+    let started = Instant::now();
+    bench
+        .env
+        .kubectl_ok(&["delete", "consumers,queues", "--all", "--timeout=300s"]);
+    println!(
+        "- deleting the {created} pairs with the operator running: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// A window with [`BUSY`] Consumers receiving messages.

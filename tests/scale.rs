@@ -17,31 +17,6 @@ const PAIRS: usize = 50;
 /// Resyncs of every object the steady-state window spans.
 const ROUNDS: usize = 5;
 
-async fn reconciliations(operator: &Operator) -> usize {
-    metric(&operator.metrics_addr, "streamq_reconciliations_total").await as usize
-}
-
-/// Waits until every object was reconciled `rounds` more times (by the
-/// reconciliation counter), which at a 2 s resync takes about 2 s a round.
-async fn wait_rounds(operator: &Operator, rounds: usize) {
-    let from = reconciliations(operator).await;
-    let want = from + rounds * 2 * PAIRS;
-    poll_every(
-        Duration::from_millis(500),
-        Duration::from_secs(120),
-        "resync rounds",
-        || async {
-            let now = reconciliations(operator).await;
-            if now >= want {
-                Ok(())
-            } else {
-                Err(format!("{now} of {want} reconciliations"))
-            }
-        },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn idle_queues_and_consumers_cost_no_apiserver_writes_and_one_redis_connection() {
     let env = TestEnv::new("scale").await;
@@ -54,10 +29,10 @@ async fn idle_queues_and_consumers_cost_no_apiserver_writes_and_one_redis_connec
     let ready = wait_all_ready(&env, PAIRS, Duration::from_secs(180)).await;
     assert!(ready.all(), "{} of {} objects Ready", ready.ready, ready.objects);
     // One round to settle what the first rounds legitimately write (the first figures).
-    wait_rounds(&operator, 1).await;
+    wait_rounds(&operator, PAIRS, 1).await;
 
     let (since, started) = (Timestamp::now(), std::time::Instant::now());
-    wait_rounds(&operator, ROUNDS).await;
+    wait_rounds(&operator, PAIRS, ROUNDS).await;
     let (until, window) = (Timestamp::now(), started.elapsed());
     let requests = operator_requests(&env.namespace, release.service_account(), since, until);
     let rate = requests.writes_per_object_per_10min(2 * PAIRS, window);

@@ -15,8 +15,9 @@ use super::{
     audit::audit_log,
     env::{TestEnv, cluster_dir},
     objects::{consumer, external_queue},
-    operator::http_get,
+    operator::{Operator, http_get},
     redis_client::cmd,
+    wait::poll_every,
 };
 
 /// How many creations are in flight at once.
@@ -300,4 +301,31 @@ pub async fn publish_to(
         }
         let _: () = pipe.query_async(&mut conn).await.expect("XADD to the busy streams");
     }
+}
+
+async fn reconciliations(operator: &Operator) -> usize {
+    metric(&operator.metrics_addr, "streamq_reconciliations_total").await as usize
+}
+
+/// Waits until each of `pairs` Queue + Consumer pairs was reconciled `rounds`
+/// more times (by the reconciliation counter): one round after all are Ready,
+/// each has written the first figures it legitimately writes, and what
+/// follows is steady state.
+pub async fn wait_rounds(operator: &Operator, pairs: usize, rounds: usize) {
+    let from = reconciliations(operator).await;
+    let want = from + rounds * 2 * pairs;
+    poll_every(
+        Duration::from_millis(500),
+        Duration::from_secs(120),
+        "resync rounds",
+        || async {
+            let now = reconciliations(operator).await;
+            if now >= want {
+                Ok(())
+            } else {
+                Err(format!("{now} of {want} reconciliations"))
+            }
+        },
+    )
+    .await;
 }
