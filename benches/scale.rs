@@ -194,11 +194,16 @@ async fn run() {
     // namespace's deletion alone would take the operator's ServiceAccount
     // first and leave every Queue stuck in Terminating.
     let started = Instant::now();
-    bench
+    let deleted = bench
         .env
-        .kubectl_ok(&["delete", "consumers,queues", "--all", "--timeout=300s"]);
+        .kubectl(&["delete", "consumers,queues", "--all", "--timeout=900s"]);
     println!(
-        "- deleting the {created} pairs with the operator running: {:.1} s",
+        "- deleting the {created} pairs with the operator running: {} after {:.1} s",
+        if deleted.status.success() {
+            "done".into()
+        } else {
+            format!("not done ({})", String::from_utf8_lossy(&deleted.stderr).trim())
+        },
         started.elapsed().as_secs_f64()
     );
 }
