@@ -187,21 +187,14 @@ impl Admin {
             RedisResult<Value>,
             RedisResult<Value>,
         );
-        let pipe = snapshot_pipe(q);
-        let mut replies: Replies = pipe
-            .query_async(&mut self.conn)
+        let replies: Replies = SNAPSHOT
+            .query(
+                &mut self.conn,
+                &snapshot_pipe(q),
+                |r: &RedisResult<Replies>| matches!(r, Ok((Err(e), ..)) if script::is_missing(e)),
+            )
             .await
             .map_err(self.err("EVALSHA snapshot/GET/ACL DRYRUN"))?;
-        if replies.0.as_ref().is_err_and(script::is_missing) {
-            SNAPSHOT
-                .load(&mut self.conn)
-                .await
-                .map_err(self.err("SCRIPT LOAD snapshot"))?;
-            replies = pipe
-                .query_async(&mut self.conn)
-                .await
-                .map_err(self.err("EVALSHA snapshot/GET/ACL DRYRUN"))?;
-        }
         let (stream, owner, producer, consumer) = replies;
         let stream = stream.map_err(self.err("EVALSHA snapshot"))?;
         let owner = owner.map_err(self.err("GET owner"))?;
@@ -308,16 +301,9 @@ impl Admin {
             .arg(MAINTENANCE_BUDGET);
         pipe.add_command(maintain);
         type Replies = ((u64, u64, u64),);
-        let replies: RedisResult<Replies> = match pipe.query_async(&mut self.conn).await {
-            Err(e) if script::is_missing(&e) => {
-                MAINTAIN
-                    .load(&mut self.conn)
-                    .await
-                    .map_err(self.err("SCRIPT LOAD maintain"))?;
-                pipe.query_async(&mut self.conn).await
-            }
-            other => other,
-        };
+        let replies = MAINTAIN
+            .query(&mut self.conn, &pipe, script::round_trip_missed::<Replies>)
+            .await;
         let ((trimmed, dead_lettered, vanished),) =
             replies.map_err(self.err("XGROUP/SET/ACL SETUSER/EVALSHA maintain"))?;
         changes.trimmed = trimmed;

@@ -52,17 +52,9 @@ pub async fn sample(
     conn: &mut MultiplexedConnection,
     targets: &Targets,
 ) -> Result<BTreeMap<String, StreamSample>, Error> {
-    let pipe = sample_pipe(targets);
-    let replies = match pipe.query_async(conn).await {
-        Err(e) if script::is_missing(&e) => {
-            SAMPLE
-                .load(conn)
-                .await
-                .map_err(|e| Error::classify(e, "SCRIPT LOAD sample", None))?;
-            pipe.query_async(conn).await
-        }
-        other => other,
-    };
+    let replies = SAMPLE
+        .query(conn, &sample_pipe(targets), script::round_trip_missed)
+        .await;
     let replies: Vec<Value> = replies.map_err(|e| Error::classify(e, "EVALSHA sample", None))?;
     Ok(targets
         .keys()

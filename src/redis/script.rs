@@ -2,13 +2,15 @@
 //! one runs to kilobytes, and sending it with every call would make Redis
 //! hash it each time, for every Queue at every resync and every stream every
 //! second. A server that does not know a script yet (first use, a restart,
-//! `SCRIPT FLUSH`) answers `NOSCRIPT`; the caller loads it and repeats the
+//! `SCRIPT FLUSH`) answers `NOSCRIPT`; [`Lua::query`] loads it and repeats the
 //! round trip, which the scripts and the commands beside them allow: each
 //! is idempotent or reads only.
 
 use std::sync::OnceLock;
 
-use ::redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, aio::MultiplexedConnection};
+use ::redis::{
+    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisResult, ServerErrorKind, aio::MultiplexedConnection,
+};
 
 /// A script and its SHA1, computed on first use.
 pub struct Lua {
@@ -34,15 +36,31 @@ impl Lua {
         cmd
     }
 
-    /// Teaches the server this script.
-    pub async fn load(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+    /// Runs `pipe`, which calls this script; when `missing` finds that the
+    /// server did not know it, teaches the server the script and runs `pipe`
+    /// once more.
+    pub async fn query<T: FromRedisValue>(
+        &self,
+        conn: &mut MultiplexedConnection,
+        pipe: &Pipeline,
+        missing: impl Fn(&RedisResult<T>) -> bool,
+    ) -> RedisResult<T> {
+        let first = pipe.query_async(conn).await;
+        if !missing(&first) {
+            return first;
+        }
         ::redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(self.text)
             .query_async::<String>(conn)
-            .await
-            .map(drop)
+            .await?;
+        pipe.query_async(conn).await
     }
+}
+
+/// The usual `missing` of [`Lua::query`]: the whole round trip failed with `NOSCRIPT`.
+pub fn round_trip_missed<T>(reply: &RedisResult<T>) -> bool {
+    reply.as_ref().is_err_and(is_missing)
 }
 
 /// Whether a reply says the server does not know the script.
