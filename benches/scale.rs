@@ -180,7 +180,7 @@ async fn run() {
                 READY_TIMEOUT.as_secs()
             ),
         };
-        wait_rounds(&operator, n, 1).await;
+        settle(&bench.env, &operator, n).await;
         let mut row = bench.window(&operator, n, length).await;
         row.ready = Some(ready);
         row.create_rate = Some(create_rate);

@@ -56,9 +56,10 @@ impl Shared {
     {
         let uid = obj.uid().unwrap_or_default();
         let now = Instant::now();
-        if !self.status_writes.due(&uid, previous, next, now).await {
+        let Some(why) = self.status_writes.due(&uid, previous, next, now).await else {
             return Ok(false);
-        }
+        };
+        tracing::debug!(object = %obj.name_any(), kind = %K::kind(&()), changed = %why, "writing status");
         k8s::apply_status(&self.client, obj, next).await?;
         self.status_writes.wrote(&uid, now).await;
         Ok(true)

@@ -50,7 +50,10 @@ pub enum Change {
     None,
     /// Only figures moved, each by less than [`SIGNIFICANT`].
     Drift,
-    Visible,
+    /// `field` changed in a way a user would see.
+    Visible {
+        field: String,
+    },
 }
 
 /// Compares the status an object has with the one a round built.
@@ -58,7 +61,7 @@ pub fn change(previous: &impl Serialize, next: &impl Serialize) -> Change {
     let (Ok(Value::Object(previous)), Ok(Value::Object(next))) =
         (serde_json::to_value(previous), serde_json::to_value(next))
     else {
-        return Change::Visible;
+        return Change::Visible { field: "status".into() };
     };
     let mut found = Change::None;
     for key in previous.keys().chain(next.keys()) {
@@ -66,12 +69,13 @@ pub fn change(previous: &impl Serialize, next: &impl Serialize) -> Change {
         if a == b {
             continue;
         }
+        let visible = || Change::Visible { field: key.clone() };
         if !FIGURES.contains(&key.as_str()) {
-            return Change::Visible;
+            return visible();
         }
         match (a.and_then(figure), b.and_then(figure)) {
             (Some(a), Some(b)) if !significant(a, b) => found = Change::Drift,
-            _ => return Change::Visible,
+            _ => return visible(),
         }
     }
     found
@@ -100,17 +104,25 @@ pub struct StatusWrites {
 }
 
 impl StatusWrites {
-    /// Whether `next` should replace `previous` on object `uid` at `now`.
-    pub async fn due(&self, uid: &str, previous: &impl Serialize, next: &impl Serialize, now: Instant) -> bool {
+    /// Whether `next` should replace `previous` on object `uid` at `now`:
+    /// if so, why (the field that changed, or stale figures).
+    pub async fn due(
+        &self,
+        uid: &str,
+        previous: &impl Serialize,
+        next: &impl Serialize,
+        now: Instant,
+    ) -> Option<String> {
         match change(previous, next) {
-            Change::None => false,
-            Change::Visible => true,
+            Change::None => None,
+            Change::Visible { field } => Some(field),
             Change::Drift => self
                 .written
                 .lock()
                 .await
                 .get(uid)
-                .is_none_or(|at| now.duration_since(*at) >= STALE_AFTER),
+                .is_none_or(|at| now.duration_since(*at) >= STALE_AFTER)
+                .then(|| "figures (stale)".into()),
         }
     }
 
@@ -130,6 +142,10 @@ mod tests {
 
     use super::*;
 
+    fn visible(field: &str) -> Change {
+        Change::Visible { field: field.into() }
+    }
+
     #[test]
     fn identical_statuses_need_no_write() {
         let s = json!({"length": 0, "conditions": [{"type": "Ready", "status": "True"}]});
@@ -139,11 +155,14 @@ mod tests {
     #[test]
     fn a_condition_or_replica_change_is_visible() {
         let a = json!({"desiredReplicas": 1, "lag": 10});
-        assert_eq!(change(&a, &json!({"desiredReplicas": 2, "lag": 10})), Change::Visible);
+        assert_eq!(
+            change(&a, &json!({"desiredReplicas": 2, "lag": 10})),
+            visible("desiredReplicas")
+        );
         let c = json!({"conditions": [{"type": "Ready", "status": "False"}]});
         assert_eq!(
             change(&c, &json!({"conditions": [{"type": "Ready", "status": "True"}]})),
-            Change::Visible
+            visible("conditions")
         );
     }
 
@@ -169,26 +188,29 @@ mod tests {
                 &a,
                 &json!({"length": 1200, "ingressRate": 50.0, "processingTime": "200ms"})
             ),
-            Change::Visible
+            visible("length")
         );
         assert_eq!(
             change(
                 &a,
                 &json!({"length": 1000, "ingressRate": 50.0, "processingTime": "1s"})
             ),
-            Change::Visible
+            visible("processingTime")
         );
     }
 
     #[test]
     fn to_or_from_zero_is_visible() {
-        assert_eq!(change(&json!({"lag": 0}), &json!({"lag": 1})), Change::Visible);
-        assert_eq!(change(&json!({"pending": 3}), &json!({"pending": 0})), Change::Visible);
+        assert_eq!(change(&json!({"lag": 0}), &json!({"lag": 1})), visible("lag"));
+        assert_eq!(
+            change(&json!({"pending": 3}), &json!({"pending": 0})),
+            visible("pending")
+        );
     }
 
     #[test]
     fn a_figure_appearing_is_visible() {
-        assert_eq!(change(&json!({}), &json!({"length": 5})), Change::Visible);
+        assert_eq!(change(&json!({}), &json!({"length": 5})), visible("length"));
     }
 
     #[tokio::test]
@@ -197,14 +219,15 @@ mod tests {
         let (a, b) = (json!({"length": 1000}), json!({"length": 1001}));
         let t0 = Instant::now();
         assert!(
-            writes.due("u", &a, &b, t0).await,
+            writes.due("u", &a, &b, t0).await.is_some(),
             "never written: the first drift is written"
         );
         writes.wrote("u", t0).await;
-        assert!(!writes.due("u", &a, &b, t0 + Duration::from_secs(10)).await);
-        assert!(writes.due("u", &a, &b, t0 + STALE_AFTER).await);
-        assert!(
-            !writes.due("u", &a, &a.clone(), t0 + STALE_AFTER).await,
+        assert_eq!(writes.due("u", &a, &b, t0 + Duration::from_secs(10)).await, None);
+        assert!(writes.due("u", &a, &b, t0 + STALE_AFTER).await.is_some());
+        assert_eq!(
+            writes.due("u", &a, &a.clone(), t0 + STALE_AFTER).await,
+            None,
             "no change: no write"
         );
     }

@@ -28,8 +28,7 @@ async fn idle_queues_and_consumers_cost_no_apiserver_writes_and_one_redis_connec
     create_pairs(&env, 0..PAIRS).await;
     let ready = wait_all_ready(&env, PAIRS, Duration::from_secs(180)).await;
     assert!(ready.all(), "{} of {} objects Ready", ready.ready, ready.objects);
-    // One round to settle what the first rounds legitimately write (the first figures).
-    wait_rounds(&operator, PAIRS, 1).await;
+    settle(&env, &operator, PAIRS).await;
 
     let (since, started) = (Timestamp::now(), std::time::Instant::now());
     wait_rounds(&operator, PAIRS, ROUNDS).await;
@@ -38,9 +37,15 @@ async fn idle_queues_and_consumers_cost_no_apiserver_writes_and_one_redis_connec
     let rate = requests.writes_per_object_per_10min(2 * PAIRS, window);
     assert!(
         rate < 1.0,
-        "{} writes in {window:?} over {ROUNDS} resync rounds of {PAIRS} idle pairs: {rate:.1} per object per 10 min (goal < 1): {:?}",
+        "{} writes in {window:?} over {ROUNDS} resync rounds of {PAIRS} idle pairs: {rate:.1} per object per 10 min (goal < 1): {:?}; the operator's status writes:\n{}",
         requests.total_writes(),
-        requests.writes
+        requests.writes,
+        operator
+            .logs()
+            .lines()
+            .filter(|l| l.contains("writing status"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     let mut redis = redis_client::connect(&env.redis_url).await;

@@ -307,6 +307,37 @@ async fn reconciliations(operator: &Operator) -> usize {
     metric(&operator.metrics_addr, "streamq_reconciliations_total").await as usize
 }
 
+/// Waits until the pairs are past their start-up writes: every Consumer's
+/// status carries the sampler's first figures (an arrival rate needs two
+/// samples, so it comes a round or more after Ready), then one more round
+/// for what follows from them.
+pub async fn settle(env: &TestEnv, operator: &Operator, pairs: usize) {
+    let consumers = env.api::<Consumer>();
+    poll_every(
+        Duration::from_millis(500),
+        Duration::from_secs(120),
+        "every Consumer's first figures",
+        || async {
+            let list = consumers
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let with = list
+                .items
+                .iter()
+                .filter(|c| c.status.as_ref().is_some_and(|s| s.arrival_rate.is_some()))
+                .count();
+            if with >= pairs {
+                Ok(())
+            } else {
+                Err(format!("{with} of {pairs} Consumers with an arrival rate in status"))
+            }
+        },
+    )
+    .await;
+    wait_rounds(operator, pairs, 1).await;
+}
+
 /// Waits until each of `pairs` Queue + Consumer pairs was reconciled `rounds`
 /// more times (by the reconciliation counter): one round after all are Ready,
 /// each has written the first figures it legitimately writes, and what
