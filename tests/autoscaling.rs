@@ -296,3 +296,64 @@ async fn an_operator_restarted_mid_burst_makes_no_wrong_decision() {
     )
     .await;
 }
+
+/// The sampler's figures for streams in every state it reads differently:
+/// idle with counters and without (`XINFO GROUPS`, plus `XINFO STREAM`),
+/// busy (the sample script), a missing group, a missing stream. Each must be
+/// what Redis itself reports.
+#[tokio::test]
+async fn the_sampler_reads_idle_and_busy_streams_as_redis_reports_them() {
+    use streamq::redis::sampler::{Targets, sample};
+    let mut redis = redis_client::connect(&redis_url()).await;
+    let tag = format!("sampler-{:08x}", rand::random::<u32>());
+    let key = |name: &str| format!("streamq-test:{{{tag}}}:{name}");
+    let (counted, uncounted, busy, no_group, missing) = (
+        key("counted"),
+        key("uncounted"),
+        key("busy"),
+        key("no-group"),
+        key("missing"),
+    );
+    // Idle, with counters: one entry read, acknowledged, its consumer gone.
+    xadd_n(&mut redis, &counted, 1).await;
+    redis_client::cmd::<()>(&mut redis, &["XGROUP", "CREATE", &counted, "g", "0"]).await;
+    read_and_ack_all(&mut redis, &counted, "g", "w").await;
+    redis_client::cmd::<()>(&mut redis, &["XGROUP", "DELCONSUMER", &counted, "g", "w"]).await;
+    // Idle, no counters: a group at `$` that never read (entries-read NULL).
+    xadd_n(&mut redis, &uncounted, 2).await;
+    redis_client::cmd::<()>(&mut redis, &["XGROUP", "CREATE", &uncounted, "g", "$"]).await;
+    xadd_n(&mut redis, &busy, 3).await;
+    redis_client::cmd::<()>(&mut redis, &["XGROUP", "CREATE", &busy, "g", "0"]).await;
+    xadd_n(&mut redis, &no_group, 4).await;
+
+    let g = vec!["g".to_owned()];
+    let targets: Targets = [&counted, &uncounted, &busy, &no_group, &missing]
+        .into_iter()
+        .map(|s| (s.clone(), g.clone()))
+        .collect();
+    let samples = sample(&mut redis, &targets).await.expect("sample");
+    let added = |s: &str| samples.get(s).map(|s| s.entries_added);
+    assert_eq!(
+        [&counted, &uncounted, &busy, &no_group, &missing].map(|s| added(s)),
+        [Some(Some(1)), Some(Some(2)), Some(Some(3)), Some(Some(4)), Some(None)],
+        "entries-added per stream (None inside: the stream is missing)"
+    );
+    let group = |s: &str| samples[s].groups.get("g").cloned();
+    let c = group(&counted).expect("counted group");
+    assert_eq!(
+        (c.entries_read, c.lag, c.pending, c.consumers.len()),
+        (Some(1), 0, 0, 0)
+    );
+    let u = group(&uncounted).expect("uncounted group");
+    assert_eq!((u.entries_read, u.lag, u.oldest_undelivered_ms), (None, 0, None));
+    let b = group(&busy).expect("busy group");
+    assert_eq!((b.lag, b.lag_source), (3, "exact"));
+    assert!(
+        b.oldest_undelivered_ms.is_some() && samples[&busy].now_ms.is_some(),
+        "a busy stream's oldest undelivered entry and the clock are read: {:?}",
+        samples[&busy]
+    );
+    assert_eq!(group(&no_group), None);
+    assert!(samples[&missing].groups.is_empty());
+    redis_client::cmd::<()>(&mut redis, &["DEL", &counted, &uncounted, &busy, &no_group]).await;
+}

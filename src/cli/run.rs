@@ -17,7 +17,7 @@ pub struct RunArgs {
     #[arg(long, env = "STREAMQ_RESYNC_INTERVAL", default_value = "10s")]
     pub resync_interval: Duration,
     /// How often the sampler reads every autoscaled Consumer's stream (one
-    /// round trip per Redis server each time).
+    /// round trip per Redis server each time, two when some stream is busy).
     #[arg(long, env = "STREAMQ_SAMPLE_INTERVAL", default_value = "1s")]
     pub sample_interval: Duration,
     /// Expected time from replicas raised to a new worker consuming; the

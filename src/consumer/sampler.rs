@@ -1,5 +1,6 @@
 //! The sampler: every `--sample-interval`, one round trip per Redis server
-//! reads every Consumer's stream and group, the pure autoscaler decides, and
+//! (two when some stream is busy, see `redis::sampler`) reads every
+//! Consumer's stream and group, the pure autoscaler decides, and
 //! the Consumer controller is woken where the decision changed.
 
 use std::{

@@ -61,3 +61,36 @@ pub fn fields(value: Value) -> Vec<(String, Vec<u8>)> {
         }
     }
 }
+
+/// One entry of `XINFO GROUPS`. `entries_read` and `lag` are NULL when Redis
+/// cannot tell (a group created at an arbitrary ID, entries deleted or trimmed).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GroupInfo {
+    pub name: String,
+    pub consumers: u64,
+    pub pending: u64,
+    pub entries_read: Option<u64>,
+    pub lag: Option<u64>,
+}
+
+/// The groups of an `XINFO GROUPS` reply.
+pub fn groups(value: Value) -> Vec<GroupInfo> {
+    seq(value)
+        .into_iter()
+        .map(|g| {
+            let mut info = GroupInfo::default();
+            let number = |v: &[u8]| std::str::from_utf8(v).ok()?.parse().ok();
+            for (field, v) in fields(g) {
+                match field.as_str() {
+                    "name" => info.name = String::from_utf8_lossy(&v).into_owned(),
+                    "consumers" => info.consumers = number(&v).unwrap_or(0),
+                    "pending" => info.pending = number(&v).unwrap_or(0),
+                    "entries-read" => info.entries_read = number(&v),
+                    "lag" => info.lag = number(&v),
+                    _ => {}
+                }
+            }
+            info
+        })
+        .collect()
+}

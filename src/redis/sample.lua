@@ -6,9 +6,9 @@
 -- {stats field, value...}}; entries_added is -1 when the stream is missing,
 -- now_ms (Redis' clock) is -1 when no group has anything undelivered.
 --
--- This runs for every autoscaled stream every second, so it reads only what
--- the answer needs: most streams are idle, with nothing undelivered and no
--- consumers. XINFO STREAM (which also copies the first and last entries) is
+-- The sampler runs it only for streams XINFO GROUPS alone cannot answer
+-- (see sampler.rs), still every second, so it reads only what the answer
+-- needs. XINFO STREAM (which also copies the first and last entries) is
 -- read only when no group's counters give entries-added; the oldest
 -- undelivered entry and the clock only when something is undelivered;
 -- consumers and their stats only when the group has any.

@@ -93,11 +93,7 @@ pub async fn check_group(
         }
         Err(e) => return Err(command_error("XINFO GROUPS", stream, group, e)),
     };
-    let found = reply::seq(groups).into_iter().any(|g| {
-        reply::fields(g)
-            .iter()
-            .any(|(k, v)| k == "name" && v.as_slice() == group.as_bytes())
-    });
+    let found = reply::groups(groups).iter().any(|g| g.name == group);
     if !found {
         return Err(Error::NoGroup {
             stream: stream.to_owned(),
