@@ -7,11 +7,17 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     streamq::telemetry::init(cli.log.log_format);
-    match cli.command.run().await {
+    let runtime = match cli.command.runtime().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("streamq: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.command.run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("streamq: {err:#}");

@@ -47,6 +47,19 @@ pub enum Command {
 }
 
 impl Command {
+    /// The async runtime the subcommand runs on.
+    ///
+    /// The operator gets one thread. Its work is many small rounds that each
+    /// wait on Redis or the apiserver, well under a core at a thousand
+    /// Queues; spread over worker threads, every reply woke another thread
+    /// (a futex and a context switch), which cost more CPU than the rounds.
+    pub fn runtime(&self) -> tokio::runtime::Builder {
+        match self {
+            Self::Run(_) => tokio::runtime::Builder::new_current_thread(),
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        }
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             Self::Run(args) => run::main(args).await,
