@@ -21,6 +21,9 @@ use crate::{
     },
 };
 
+/// How many parsed URLs [`Brokers`] keeps.
+const MAX_ENDPOINTS: usize = 4096;
+
 /// How to reach a Queue's Redis as its administrator.
 pub struct Access {
     pub admin_url: String,
@@ -39,6 +42,9 @@ pub struct Brokers {
     dev_addresses: BTreeMap<String, String>,
     /// Queue uid → admin URL of its last successful provisioning.
     provisioned: Mutex<HashMap<String, String>>,
+    /// Admin URL → where it points: every round of every Queue and Consumer
+    /// resolves its URL, and parsing one is most of that round's work.
+    endpoints: std::sync::Mutex<HashMap<String, Endpoint>>,
 }
 
 impl Brokers {
@@ -47,7 +53,23 @@ impl Brokers {
             connections: AdminPool::default(),
             dev_addresses,
             provisioned: Mutex::default(),
+            endpoints: std::sync::Mutex::default(),
         }
+    }
+
+    /// Where `url` points, parsed once per URL.
+    fn endpoint(&self, url: &str) -> Result<Endpoint, crate::redis::Error> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(endpoint) = endpoints.get(url) {
+            return Ok(endpoint.clone());
+        }
+        let (_, endpoint) = connection::parse_url(url)?;
+        // Rotated URLs leave their old entries behind: start over past a bound.
+        if endpoints.len() >= MAX_ENDPOINTS {
+            endpoints.clear();
+        }
+        endpoints.insert(url.to_owned(), endpoint.clone());
+        Ok(endpoint)
     }
 
     pub async fn remember(&self, uid: &str, admin_url: &str) {
@@ -76,7 +98,15 @@ impl Brokers {
                     .get(client, &ns, &r.name)
                     .await
                     .map_err(|e| Problem::kube("reading", &r.name, e))?;
-                external_access(&ns, r.name.as_str(), &r.key, secret.as_deref())
+                let url = external_url(&ns, r.name.as_str(), &r.key, secret.as_deref())?;
+                let endpoint = self.endpoint(&url).map_err(|e| Problem {
+                    message: format!("Secret {ns}/{} key {:?}: {e}", r.name, r.key),
+                    ..Problem::redis(&e)
+                })?;
+                Ok(Access {
+                    admin_url: url,
+                    endpoint,
+                })
             }
             Broker::Managed(_) => {
                 let name = build::names(queue).admin_secret;
@@ -136,7 +166,7 @@ impl Brokers {
 }
 
 /// The external broker's URL from its Secret (`None`: the Secret is missing).
-pub fn external_access(ns: &str, name: &str, key: &str, secret: Option<&Secret>) -> Result<Access, Problem> {
+pub fn external_url(ns: &str, name: &str, key: &str, secret: Option<&Secret>) -> Result<String, Problem> {
     let secret = secret.ok_or_else(|| {
         Problem::fault(
             Reason::SecretNotFound,
@@ -145,20 +175,12 @@ pub fn external_access(ns: &str, name: &str, key: &str, secret: Option<&Secret>)
             ),
         )
     })?;
-    let url = secret_value(secret, key).ok_or_else(|| {
+    secret_value(secret, key).ok_or_else(|| {
         let keys: Vec<_> = secret.data.iter().flat_map(|d| d.keys().cloned()).collect();
         Problem::fault(
             Reason::SecretKeyMissing,
             format!("Secret {ns}/{name} has no key {key:?} (its keys: {keys:?}): add the Redis URL under that key"),
         )
-    })?;
-    let (_, endpoint) = connection::parse_url(&url).map_err(|e| Problem {
-        message: format!("Secret {ns}/{name} key {key:?}: {e}"),
-        ..Problem::redis(&e)
-    })?;
-    Ok(Access {
-        admin_url: url,
-        endpoint,
     })
 }
 

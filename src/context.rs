@@ -52,7 +52,7 @@ impl Shared {
     pub async fn write_status<K, S>(&self, obj: &K, previous: &S, next: &S) -> Result<bool, kube::Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
-        S: Serialize,
+        S: Serialize + PartialEq,
     {
         let uid = obj.uid().unwrap_or_default();
         let now = Instant::now();

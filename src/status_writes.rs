@@ -57,7 +57,11 @@ pub enum Change {
 }
 
 /// Compares the status an object has with the one a round built.
-pub fn change(previous: &impl Serialize, next: &impl Serialize) -> Change {
+pub fn change<S: Serialize + PartialEq>(previous: &S, next: &S) -> Change {
+    // Most rounds build the status the object has: no need to look closer.
+    if previous == next {
+        return Change::None;
+    }
     let (Ok(Value::Object(previous)), Ok(Value::Object(next))) =
         (serde_json::to_value(previous), serde_json::to_value(next))
     else {
@@ -106,11 +110,11 @@ pub struct StatusWrites {
 impl StatusWrites {
     /// Whether `next` should replace `previous` on object `uid` at `now`:
     /// if so, why (the field that changed, or stale figures).
-    pub async fn due(
+    pub async fn due<S: Serialize + PartialEq>(
         &self,
         uid: &str,
-        previous: &impl Serialize,
-        next: &impl Serialize,
+        previous: &S,
+        next: &S,
         now: Instant,
     ) -> Option<String> {
         match change(previous, next) {

@@ -22,7 +22,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    ResourceExt,
+    Resource, ResourceExt,
     core::DeserializeGuard,
     runtime::{
         Controller,
@@ -96,14 +96,12 @@ impl Context {
 
     /// The Consumer's pods, from the cache.
     fn pods_of(&self, consumer: &Consumer) -> Vec<Arc<Pod>> {
-        let ns = consumer.namespace();
-        let name = consumer.name_any();
-        self.stores
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| p.namespace() == ns && p.labels().get(build::CONSUMER_LABEL) == Some(&name))
-            .collect()
+        // Runs every round over every cached pod: compare in place, copy nothing.
+        let (ns, name) = (consumer.meta().namespace.as_deref(), consumer.meta().name.as_deref());
+        self.stores.pods.state_filter(|p| {
+            let label = p.metadata.labels.as_ref().and_then(|l| l.get(build::CONSUMER_LABEL));
+            p.metadata.namespace.as_deref() == ns && label.map(String::as_str) == name
+        })
     }
 }
 
@@ -179,11 +177,13 @@ fn consumers_of(
     store: &Store<DeserializeGuard<Consumer>>,
     queue: &DeserializeGuard<Queue>,
 ) -> Vec<ObjectRef<DeserializeGuard<Consumer>>> {
+    let (ns, name) = (queue.meta().namespace.as_deref(), queue.meta().name.as_deref());
     store
-        .state()
+        .state_filter(|c| {
+            let of_queue = matches!(&c.0, Ok(c) if Some(c.spec.queue_ref.name.as_str()) == name);
+            of_queue && c.meta().namespace.as_deref() == ns
+        })
         .iter()
-        .filter(|c| c.namespace() == queue.namespace())
-        .filter(|c| matches!(&c.0, Ok(c) if c.spec.queue_ref.name == queue.name_any()))
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }

@@ -21,7 +21,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
     api::PartialObjectMeta,
     core::DeserializeGuard,
     runtime::{
@@ -147,21 +147,21 @@ fn queues_for_secret(
     store: &Store<DeserializeGuard<Queue>>,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<DeserializeGuard<Queue>>> {
-    let ns = secret.namespace().unwrap_or_default();
-    let name = secret.name_any();
+    let (ns, name) = (secret.metadata.namespace.as_deref(), secret.metadata.name.as_deref());
     store
-        .state()
-        .iter()
-        .filter(|q| q.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|q| {
-            let owns = secret
-                .owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == q.uid().as_ref());
-            let references =
-                matches!(&q.0, Ok(q) if matches!(&q.spec.broker, Broker::External(e) if e.url_secret_ref.name == name));
-            owns || references
+        .state_filter(|q| {
+            let owns = || {
+                secret
+                    .owner_references()
+                    .iter()
+                    .any(|o| Some(o.uid.as_str()) == q.meta().uid.as_deref())
+            };
+            let references = || {
+                matches!(&q.0, Ok(q) if matches!(&q.spec.broker, Broker::External(e) if Some(e.url_secret_ref.name.as_str()) == name))
+            };
+            q.meta().namespace.as_deref() == ns && (owns() || references())
         })
+        .iter()
         .map(|q| ObjectRef::from_obj(q.as_ref()))
         .collect()
 }
