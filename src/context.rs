@@ -7,12 +7,12 @@ use std::{
 };
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::{Client, Resource, ResourceExt, runtime::events::Recorder};
+use kube::{Client, Resource, ResourceExt};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     broker::Brokers,
-    k8s::{self, Scope, applied::Applied, secrets::SecretReader},
+    k8s::{self, Scope, applied::Applied, recorder::Recorder, secrets::SecretReader},
     metrics::Metrics,
     status_writes::StatusWrites,
 };

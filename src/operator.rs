@@ -11,15 +11,7 @@ use std::{
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
-use kube::{
-    Client,
-    api::PartialObjectMeta,
-    core::DeserializeGuard,
-    runtime::{
-        events::{Recorder, Reporter},
-        reflector::ReflectHandle,
-    },
-};
+use kube::{Client, api::PartialObjectMeta, core::DeserializeGuard, runtime::reflector::ReflectHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -29,7 +21,13 @@ use crate::{
     context::Shared,
     endpoints,
     guard::ValidStore,
-    k8s::{Scope, applied::Applied, cache::SharedCache, secrets::SecretReader},
+    k8s::{
+        Scope,
+        applied::Applied,
+        cache::SharedCache,
+        recorder::{Recorder, Reporter},
+        secrets::SecretReader,
+    },
     leader,
     metrics::Metrics,
     queue,

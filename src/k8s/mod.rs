@@ -6,6 +6,7 @@
 
 pub mod applied;
 pub mod cache;
+pub mod recorder;
 pub mod secrets;
 
 use std::fmt::Debug;
@@ -14,10 +15,7 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams, PostParams},
-    runtime::{
-        events::{Event, EventType, Recorder},
-        watcher::ExponentialBackoff,
-    },
+    runtime::{events::EventType, watcher::ExponentialBackoff},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
@@ -66,18 +64,23 @@ where
 
 /// Publishes an Event about `obj`. Failing to publish is logged, never fatal:
 /// an Event is a courtesy, the status is the record.
-pub async fn publish_event<K>(recorder: &Recorder, obj: &K, type_: EventType, reason: &str, action: &str, note: String)
-where
+pub async fn publish_event<K>(
+    recorder: &recorder::Recorder,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) where
     K: Resource<DynamicType = ()>,
 {
-    let event = Event {
+    let note = recorder::Note {
         type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
+        reason,
+        action,
+        note,
     };
-    if let Err(err) = recorder.publish(&event, &obj.object_ref(&())).await {
+    if let Err(err) = recorder.publish(&note, &obj.object_ref(&())).await {
         tracing::warn!(%err, reason, "could not publish event");
     }
 }

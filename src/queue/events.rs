@@ -112,7 +112,7 @@ fn created_notes(queue: &Queue, changes: &Changes, provisioned_before: bool) -> 
             ),
         ));
     }
-    // One Event for both users: the Recorder folds Events with one reason into a series.
+    // One Event for both users, so one note says what this round created.
     let users: Vec<String> = [
         (changes.producer_user_created, Role::Producer),
         (changes.consumer_user_created, Role::Consumer),
