@@ -192,3 +192,46 @@ async fn start_from_latest_skips_what_is_already_in_the_stream() {
     assert_eq!(last_delivered("fresh"), old, "Latest starts after the existing entry");
     assert_eq!(last_delivered("all"), "0-0", "Earliest starts at the beginning");
 }
+
+/// The groups on `stream`, by name.
+async fn group_names(redis: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<String> {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = cmd(redis, &["XINFO", "GROUPS", stream]).await;
+    groups
+        .iter()
+        .filter_map(|g| redis::from_redis_value::<String>(g["name"].clone()).ok())
+        .collect()
+}
+
+/// The sampler's sight of a group spares the round its XGROUP CREATE; a
+/// group removed behind the operator's back must still come back.
+#[tokio::test]
+async fn a_group_destroyed_in_redis_is_created_again() {
+    let env = TestEnv::new("c-regroup").await;
+    let _op = Operator::start_with(&env.namespace, &["--resync-interval", "2s"], &[]);
+    let queue = env.ready_queue("jobs").await;
+    let autoscaled = json!({"autoscaling": {"minReplicas": 0, "maxReplicas": 2, "targetLatency": "20s"}});
+    env.create(&consumer("workers", "jobs", autoscaled)).await;
+    let sampled = wait_for(&env.api::<Consumer>(), "workers", "a sampled lag", |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.lag_source.as_deref() == Some("exact"))
+    })
+    .await;
+    let (stream, group) = (queue.stream_key(), sampled.group());
+    let mut redis = env.redis().await;
+    assert!(group_names(&mut redis, &stream).await.contains(&group));
+    let destroyed: i64 = cmd(&mut redis, &["XGROUP", "DESTROY", &stream, &group]).await;
+    assert_eq!(destroyed, 1);
+    poll(std::time::Duration::from_secs(30), "the group created again", || {
+        let (mut redis, stream, group) = (redis.clone(), stream.clone(), group.clone());
+        async move {
+            let now = group_names(&mut redis, &stream).await;
+            if now.contains(&group) {
+                Ok(())
+            } else {
+                Err(format!("groups on {stream}: {now:?}"))
+            }
+        }
+    })
+    .await;
+}

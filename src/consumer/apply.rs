@@ -28,13 +28,19 @@ pub struct Workload {
     pub scaled: Option<String>,
 }
 
-/// The group exists before any worker starts (XGROUP CREATE is idempotent here).
+/// The group exists before any worker starts (XGROUP CREATE is idempotent
+/// here). Skipped when the sampler's last sample of this autoscaled Consumer
+/// found it: at a thousand Consumers, a thousand round trips per resync.
 pub async fn ensure_group(consumer: &Consumer, queue: &Queue, stream: &str, ctx: &Context) -> Result<Admin, Problem> {
     let mut admin = ctx
         .shared
         .brokers
         .admin(queue, &ctx.shared.client, &ctx.shared.secrets)
         .await?;
+    let uid = consumer.uid().unwrap_or_default();
+    if ctx.decisions.group_seen(&uid, stream, &consumer.group()).await {
+        return Ok(admin);
+    }
     let from = match consumer.spec.start_from {
         StartFrom::Earliest => "0",
         StartFrom::Latest => "$",

@@ -41,6 +41,8 @@ pub(super) struct Latest {
     pub(super) oldest_age: Option<Duration>,
     /// Pending entries per consumer name (the pod name) at the last sample.
     pub(super) consumer_pending: BTreeMap<String, u64>,
+    /// The stream and group, when the last sample found that group there.
+    pub(super) seen_group: Option<(String, String)>,
 }
 
 impl Decisions {
@@ -56,8 +58,20 @@ impl Decisions {
         (!latest.decision.hold).then_some(latest.consumer_pending)
     }
 
+    /// Whether the last sample found `group` on `stream`: then the round
+    /// need not ask Redis to create it.
+    pub async fn group_seen(&self, uid: &str, stream: &str, group: &str) -> bool {
+        let latest = self.latest.lock().await;
+        let seen = latest.get(uid).and_then(|l| l.seen_group.as_ref());
+        seen.is_some_and(|(s, g)| s == stream && g == group)
+    }
+
     pub async fn record_scale(&self, uid: &str, reason: String) {
-        let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+        // Whole seconds, as the API stores it: so the status a round builds
+        // from it equals the one read back, and is not taken for a change.
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let now = k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now);
+        let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
         self.last_scale
             .lock()
             .await

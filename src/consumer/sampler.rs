@@ -141,7 +141,11 @@ async fn sample_server(
             continue;
         };
         let sample = samples.as_ref().ok().and_then(|s| s.get(&stream));
-        let (latest, current) = decide(scaler, &consumer, sample, at);
+        let (mut latest, current) = decide(scaler, &consumer, sample, at);
+        let group = consumer.group();
+        if sample.is_some_and(|s| s.groups.contains_key(&group)) {
+            latest.seen_group = Some((stream.clone(), group));
+        }
         if sample.is_none()
             && let Err(e) = &samples
         {
@@ -181,6 +185,7 @@ fn decide(scaler: &mut Autoscaler, consumer: &Consumer, sample: Option<&StreamSa
             decision: scaler.observe(&obs),
             lag_source,
             oldest_age,
+            seen_group: None,
         },
         None => Latest {
             decision: scaler.no_data(at),
@@ -188,6 +193,7 @@ fn decide(scaler: &mut Autoscaler, consumer: &Consumer, sample: Option<&StreamSa
             pending: status.and_then(|s| s.pending).unwrap_or(0),
             oldest_age: None,
             consumer_pending: BTreeMap::new(),
+            seen_group: None,
         },
     };
     (latest, current)
