@@ -8,19 +8,10 @@ use k8s_openapi::api::{core::v1::ConfigMap, events::v1::Event};
 use kube::{
     Resource,
     api::{ListParams, PostParams},
-    runtime::events::EventType,
+    runtime::events::{Event as Occurrence, EventType},
 };
-use streamq::k8s::recorder::{Note, Recorder, Reporter};
+use streamq::k8s::recorder::{Recorder, Reporter};
 use support::*;
-
-fn note(text: &str) -> Note<'_> {
-    Note {
-        type_: EventType::Normal,
-        reason: "Scaled",
-        action: "Scale",
-        note: text.into(),
-    }
-}
 
 #[tokio::test]
 async fn a_repeated_event_counts_up_its_series_and_a_new_note_is_a_new_event() {
@@ -36,7 +27,14 @@ async fn a_repeated_event_counts_up_its_series_and_a_new_note_is_a_new_event() {
     };
     let recorder = Recorder::new(env.client.clone(), reporter);
     for text in ["replicas 1 → 2", "replicas 1 → 2", "replicas 1 → 2", "replicas 2 → 3"] {
-        recorder.publish(&note(text), &reference).await.unwrap();
+        let scaled = Occurrence {
+            type_: EventType::Normal,
+            reason: "Scaled".into(),
+            note: Some(text.into()),
+            action: "Scale".into(),
+            secondary: None,
+        };
+        recorder.publish(&scaled, &reference).await.unwrap();
     }
 
     let events = env.api::<Event>().list(&ListParams::default()).await.unwrap().items;

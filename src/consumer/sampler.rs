@@ -141,8 +141,8 @@ async fn sample_server(
             continue;
         };
         let sample = samples.as_ref().ok().and_then(|s| s.get(&stream));
-        let (mut latest, current) = decide(scaler, &consumer, sample, at);
         let group = consumer.group();
+        let (mut latest, current) = decide(scaler, &consumer, &group, sample, at);
         if sample.is_some_and(|s| s.groups.contains_key(&group)) {
             latest.seen_group = Some((stream.clone(), group));
         }
@@ -172,12 +172,18 @@ async fn sample_server(
 
 /// The autoscaler's decision for `consumer` from its stream's sample (none:
 /// hold); also returns the replicas it has now.
-fn decide(scaler: &mut Autoscaler, consumer: &Consumer, sample: Option<&StreamSample>, at: Duration) -> (Latest, u32) {
+fn decide(
+    scaler: &mut Autoscaler,
+    consumer: &Consumer,
+    group: &str,
+    sample: Option<&StreamSample>,
+    at: Duration,
+) -> (Latest, u32) {
     let status = consumer.status.as_ref();
     let replicas = |r: Option<Option<i32>>| u32::try_from(r.flatten().unwrap_or(0)).unwrap_or(0);
     let current = replicas(status.map(|s| s.desired_replicas));
     let ready = replicas(status.map(|s| s.ready_replicas));
-    let observed = sample.and_then(|s| observe(s, &consumer.group(), at, current, ready));
+    let observed = sample.and_then(|s| observe(s, group, at, current, ready));
     let latest = match observed {
         Some((obs, lag_source, oldest_age)) => Latest {
             pending: obs.pending,

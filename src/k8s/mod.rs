@@ -15,7 +15,10 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams, PostParams},
-    runtime::{events::EventType, watcher::ExponentialBackoff},
+    runtime::{
+        events::{Event, EventType},
+        watcher::ExponentialBackoff,
+    },
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
@@ -74,13 +77,14 @@ pub async fn publish_event<K>(
 ) where
     K: Resource<DynamicType = ()>,
 {
-    let note = recorder::Note {
+    let event = Event {
         type_,
-        reason,
-        action,
-        note,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
     };
-    if let Err(err) = recorder.publish(&note, &obj.object_ref(&())).await {
+    if let Err(err) = recorder.publish(&event, &obj.object_ref(&())).await {
         tracing::warn!(%err, reason, "could not publish event");
     }
 }

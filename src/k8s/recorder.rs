@@ -25,7 +25,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client,
     api::{Patch, PatchParams, PostParams},
-    runtime::events::EventType,
+    runtime::events::{Event as Occurrence, EventType},
 };
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -41,14 +41,6 @@ pub struct Reporter {
     pub instance: Option<String>,
 }
 
-/// What an Event says about one object.
-pub struct Note<'a> {
-    pub type_: EventType,
-    pub reason: &'a str,
-    pub action: &'a str,
-    pub note: String,
-}
-
 /// One Event already published, as much as a repeat needs.
 struct Series {
     namespace: String,
@@ -60,8 +52,8 @@ struct Series {
 pub struct Recorder {
     client: Client,
     reporter: Reporter,
-    /// By a hash of the object's uid and the Event's type, reason, action
-    /// and note. Two Events colliding in 64 bits would share one series.
+    /// By a hash of the object, and the Event's type, reason, action, note
+    /// and related object. Two Events colliding in 64 bits would share one series.
     series: Mutex<HashMap<u64, Series>>,
 }
 
@@ -74,9 +66,9 @@ impl Recorder {
         }
     }
 
-    /// Publishes `note` about `regarding`: a new Event, or one more of a fresh series.
-    pub async fn publish(&self, note: &Note<'_>, regarding: &ObjectReference) -> Result<(), kube::Error> {
-        let key = series_key(note, regarding);
+    /// Publishes `what` about `regarding`: a new Event, or one more of a fresh series.
+    pub async fn publish(&self, what: &Occurrence, regarding: &ObjectReference) -> Result<(), kube::Error> {
+        let key = series_key(what, regarding);
         let now = Instant::now();
         let repeat = {
             let mut series = self.series.lock().await;
@@ -101,7 +93,7 @@ impl Recorder {
                 other => return other.map(drop),
             }
         }
-        let event = self.event(note, regarding);
+        let event = self.event(what, regarding);
         let namespace = event.metadata.namespace.clone().unwrap_or_default();
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         events.create(&PostParams::default(), &event).await?;
@@ -115,16 +107,17 @@ impl Recorder {
         Ok(())
     }
 
-    fn event(&self, note: &Note<'_>, regarding: &ObjectReference) -> Event {
+    fn event(&self, what: &Occurrence, regarding: &ObjectReference) -> Event {
         let now = Timestamp::now();
         let controller = &self.reporter.controller;
         let object = regarding.name.as_deref().unwrap_or(controller);
         Event {
-            action: Some(note.action.to_owned()),
-            reason: Some(note.reason.to_owned()),
-            note: Some(note.note.clone()),
+            action: Some(what.action.clone()),
+            reason: Some(what.reason.clone()),
+            note: what.note.clone(),
             event_time: Some(MicroTime(now)),
             regarding: Some(regarding.clone()),
+            related: what.secondary.clone(),
             metadata: ObjectMeta {
                 namespace: Some(regarding.namespace.clone().unwrap_or_else(|| "default".into())),
                 name: Some(format!("{object}.{:x}", now.as_nanosecond())),
@@ -132,7 +125,7 @@ impl Recorder {
             },
             reporting_controller: Some(controller.clone()),
             reporting_instance: Some(self.reporter.instance.clone().unwrap_or_else(|| controller.clone())),
-            type_: Some(type_name(note.type_).into()),
+            type_: Some(type_name(what.type_).into()),
             ..Default::default()
         }
     }
@@ -145,17 +138,19 @@ fn type_name(t: EventType) -> &'static str {
     }
 }
 
-fn series_key(note: &Note<'_>, regarding: &ObjectReference) -> u64 {
+fn series_key(what: &Occurrence, regarding: &ObjectReference) -> u64 {
+    let related = what
+        .secondary
+        .as_ref()
+        .map(|r| (&r.uid, &r.kind, &r.namespace, &r.name));
     let mut h = DefaultHasher::new();
     (
-        &regarding.uid,
-        &regarding.kind,
-        &regarding.namespace,
-        &regarding.name,
-        type_name(note.type_),
-        note.reason,
-        note.action,
-        &note.note,
+        (&regarding.uid, &regarding.kind, &regarding.namespace, &regarding.name),
+        what.type_,
+        &what.reason,
+        &what.action,
+        &what.note,
+        related,
     )
         .hash(&mut h);
     h.finish()
@@ -184,21 +179,22 @@ mod tests {
         }
     }
 
-    fn note(text: &str) -> Note<'_> {
-        Note {
-            type_: EventType::Normal,
-            reason: "Scaled",
-            action: "Scale",
-            note: text.into(),
-        }
-    }
-
     #[test]
     fn a_repeat_shares_the_series_and_another_note_or_object_does_not() {
-        let a = series_key(&note("replicas 1 → 2"), &reference("u1"));
-        assert_eq!(a, series_key(&note("replicas 1 → 2"), &reference("u1")));
-        assert_ne!(a, series_key(&note("replicas 2 → 3"), &reference("u1")));
-        assert_ne!(a, series_key(&note("replicas 1 → 2"), &reference("u2")));
+        let key = |text: &str, uid: &str| {
+            let what = Occurrence {
+                type_: EventType::Normal,
+                reason: "Scaled".into(),
+                note: Some(text.into()),
+                action: "Scale".into(),
+                secondary: None,
+            };
+            series_key(&what, &reference(uid))
+        };
+        let a = key("replicas 1 → 2", "u1");
+        assert_eq!(a, key("replicas 1 → 2", "u1"));
+        assert_ne!(a, key("replicas 2 → 3", "u1"));
+        assert_ne!(a, key("replicas 1 → 2", "u2"));
     }
 
     #[test]
