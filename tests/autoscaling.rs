@@ -303,7 +303,7 @@ async fn an_operator_restarted_mid_burst_makes_no_wrong_decision() {
 /// what Redis itself reports.
 #[tokio::test]
 async fn the_sampler_reads_idle_and_busy_streams_as_redis_reports_them() {
-    use streamq::redis::sampler::{Targets, sample};
+    use streamq::redis::sampler::{Carried, Targets, sample};
     let mut redis = redis_client::connect(&redis_url()).await;
     let tag = format!("sampler-{:08x}", rand::random::<u32>());
     let key = |name: &str| format!("streamq-test:{{{tag}}}:{name}");
@@ -331,7 +331,8 @@ async fn the_sampler_reads_idle_and_busy_streams_as_redis_reports_them() {
         .into_iter()
         .map(|s| (s.clone(), g.clone()))
         .collect();
-    let samples = sample(&mut redis, &targets).await.expect("sample");
+    let mut carried = Carried::default();
+    let samples = sample(&mut redis, &targets, &mut carried).await.expect("sample");
     let added = |s: &str| samples.get(s).map(|s| s.entries_added);
     assert_eq!(
         [&counted, &uncounted, &busy, &no_group, &missing].map(|s| added(s)),
@@ -355,5 +356,20 @@ async fn the_sampler_reads_idle_and_busy_streams_as_redis_reports_them() {
     );
     assert_eq!(group(&no_group), None);
     assert!(samples[&missing].groups.is_empty());
+
+    // The uncounted stream's entries-added is carried over while it stays
+    // quiet, and read again once its group's last-delivered-id moves: here
+    // one more entry, skipped with SETID, so lag stays 0 and counters NULL.
+    assert!(carried.holds(&uncounted), "{carried:?}");
+    let again = sample(&mut redis, &targets, &mut carried).await.expect("sample");
+    assert_eq!(again[&uncounted].entries_added, Some(2));
+    xadd_n(&mut redis, &uncounted, 1).await;
+    redis_client::cmd::<()>(&mut redis, &["XGROUP", "SETID", &uncounted, "g", "$"]).await;
+    let moved = sample(&mut redis, &targets, &mut carried).await.expect("sample");
+    let u = &moved[&uncounted];
+    assert_eq!(
+        (u.entries_added, u.groups["g"].entries_read, u.groups["g"].lag),
+        (Some(3), None, 0)
+    );
     redis_client::cmd::<()>(&mut redis, &["DEL", &counted, &uncounted, &busy, &no_group]).await;
 }

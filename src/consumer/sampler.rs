@@ -19,7 +19,7 @@ use crate::{
     autoscale::{Autoscaler, ConsumerObservation, Observation, Policy},
     guard::{Valid, ValidStore},
     metrics::{ConsumerLabels, ConsumerMetrics},
-    redis::sampler::{StreamSample, Targets},
+    redis::sampler::{Carried, StreamSample, Targets},
 };
 
 fn policy(consumer: &Consumer, pod_startup: Duration) -> Option<Policy> {
@@ -43,6 +43,8 @@ struct Scalers {
     labels_by_uid: HashMap<String, ConsumerLabels>,
     /// When each Consumer's last decision was made, for the sample delay metric.
     decided_at: HashMap<String, Instant>,
+    /// What each Redis server's earlier samples carry over, by admin URL.
+    carried: HashMap<String, Carried>,
 }
 
 /// The autoscaled Consumers on one Redis server, each with its stream.
@@ -68,6 +70,7 @@ pub async fn run(
         let all = consumers.state();
         let by_redis = group_by_redis(&ctx, &all, &queues, &mut scalers).await;
         let at = epoch.elapsed();
+        scalers.carried.retain(|url, _| by_redis.contains_key(url));
         for (url, members) in by_redis {
             sample_server(&ctx, &url, members, at, &mut scalers, &mut wake).await;
         }
@@ -129,11 +132,16 @@ async fn sample_server(
         targets.entry(stream.clone()).or_default().push(c.group());
     }
     let samples = match ctx.shared.brokers.connect(url).await {
-        Ok(mut admin) => admin.sample(&targets).await.map_err(|e| e.to_string()),
+        Ok(mut admin) => {
+            let carried = scalers.carried.entry(url.to_owned()).or_default();
+            admin.sample(&targets, carried).await.map_err(|e| e.to_string())
+        }
         Err(problem) => Err(problem.message),
     };
     if samples.is_err() {
         ctx.shared.brokers.forget_connection(url).await;
+        // The server behind the URL may be another one next time.
+        scalers.carried.remove(url);
     }
     for (consumer, stream) in members {
         let uid = consumer.uid().unwrap_or_default();

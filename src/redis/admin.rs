@@ -316,8 +316,9 @@ impl Admin {
     pub async fn sample(
         &mut self,
         targets: &super::sampler::Targets,
+        carried: &mut super::sampler::Carried,
     ) -> Result<std::collections::BTreeMap<String, super::sampler::StreamSample>, Error> {
-        super::sampler::sample(&mut self.conn, targets).await
+        super::sampler::sample(&mut self.conn, targets, carried).await
     }
 
     /// Creates a consumer group unless it exists. `from` is `0` (every entry

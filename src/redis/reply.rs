@@ -71,6 +71,7 @@ pub struct GroupInfo {
     pub pending: u64,
     pub entries_read: Option<u64>,
     pub lag: Option<u64>,
+    pub last_delivered_id: String,
 }
 
 /// The groups of an `XINFO GROUPS` reply.
@@ -87,6 +88,7 @@ pub fn groups(value: Value) -> Vec<GroupInfo> {
                     "pending" => info.pending = number(&v).unwrap_or(0),
                     "entries-read" => info.entries_read = number(&v),
                     "lag" => info.lag = number(&v),
+                    "last-delivered-id" => info.last_delivered_id = String::from_utf8_lossy(&v).into_owned(),
                     _ => {}
                 }
             }
