@@ -130,6 +130,13 @@ impl StatusWrites {
         }
     }
 
+    /// Whether object `uid` was written less than `within` before `now`:
+    /// its cached copy may not show that write yet.
+    pub async fn written_within(&self, uid: &str, within: Duration, now: Instant) -> bool {
+        let written = self.written.lock().await;
+        written.get(uid).is_some_and(|at| now.duration_since(*at) < within)
+    }
+
     pub async fn wrote(&self, uid: &str, now: Instant) {
         self.written.lock().await.insert(uid.to_owned(), now);
     }

@@ -1,7 +1,10 @@
 //! The sampler: every `--sample-interval`, one round trip per Redis server
 //! (two when some stream is busy, see `redis::sampler`) reads every
 //! Consumer's stream and group, the pure autoscaler decides, and
-//! the Consumer controller is woken where the decision changed.
+//! the Consumer controller is woken where a round has something to do: the
+//! replicas should change, the figures in the status are due for a write,
+//! or the group is missing. An autoscaled Consumer's own resync is then only
+//! a safety net (see `SAMPLED_RESYNCS`).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -13,13 +16,14 @@ use futures::{SinkExt, channel::mpsc::Sender};
 use kube::{Resource, ResourceExt, runtime::reflector::ObjectRef};
 use tokio_util::sync::CancellationToken;
 
-use super::{Consumer, Context, decisions::Latest};
+use super::{Consumer, Context, decisions::Latest, status};
 use crate::{
     api::{Duration as ApiDuration, Queue},
     autoscale::{Autoscaler, ConsumerObservation, Observation, Policy},
     guard::{Valid, ValidStore},
-    metrics::{ConsumerLabels, ConsumerMetrics},
+    metrics::{ConsumerLabels, ConsumerMetrics, ConsumerSeries},
     redis::sampler::{Carried, StreamSample, Targets},
+    status_writes,
 };
 
 fn policy(consumer: &Consumer, pod_startup: Duration) -> Option<Policy> {
@@ -40,7 +44,7 @@ fn policy(consumer: &Consumer, pod_startup: Duration) -> Option<Policy> {
 #[derive(Default)]
 struct Scalers {
     by_uid: HashMap<String, Autoscaler>,
-    labels_by_uid: HashMap<String, ConsumerLabels>,
+    series_by_uid: HashMap<String, ConsumerSeries>,
     /// When each Consumer's last decision was made, for the sample delay metric.
     decided_at: HashMap<String, Instant>,
     /// What each Redis server's earlier samples carry over, by admin URL.
@@ -151,7 +155,10 @@ async fn sample_server(
         let sample = samples.as_ref().ok().and_then(|s| s.get(&stream));
         let group = consumer.group();
         let (mut latest, current) = decide(scaler, &consumer, &group, sample, at);
-        if sample.is_some_and(|s| s.groups.contains_key(&group)) {
+        let seen = sample.is_some_and(|s| s.groups.contains_key(&group));
+        // On a stream that exists: a missing stream is the Queue's to create.
+        let group_missing = !seen && sample.is_some_and(|s| s.entries_added.is_some());
+        if seen {
             latest.seen_group = Some((stream.clone(), group));
         }
         if sample.is_none()
@@ -159,23 +166,50 @@ async fn sample_server(
         {
             tracing::warn!(consumer = %consumer.name_any(), error = %e, "sampling failed; holding replicas");
         }
-        let series = scalers
-            .labels_by_uid
-            .entry(uid.clone())
-            .or_insert_with(|| labels(&consumer));
-        record(&ctx.shared.metrics.consumers, series, &latest, current);
+        let metrics = &ctx.shared.metrics;
+        if !scalers.series_by_uid.contains_key(&uid) {
+            let series = metrics.consumers.series(labels(&consumer));
+            scalers.series_by_uid.insert(uid.clone(), series);
+        }
+        if let Some(series) = scalers.series_by_uid.get_mut(&uid) {
+            record(&metrics.consumers, series, &latest, current);
+        }
         let now = Instant::now();
-        if let Some(previous) = scalers.decided_at.insert(uid.clone(), now) {
-            let late = now.duration_since(previous).saturating_sub(ctx.sample_interval);
-            ctx.shared.metrics.sample_delay.observe(late.as_secs_f64());
+        match scalers.decided_at.get_mut(&uid) {
+            Some(previous) => {
+                let late = now.duration_since(*previous).saturating_sub(ctx.sample_interval);
+                metrics.sample_delay.observe(late.as_secs_f64());
+                *previous = now;
+            }
+            None => {
+                scalers.decided_at.insert(uid.clone(), now);
+            }
         }
         let change = !latest.decision.hold && latest.decision.replicas != current;
-        ctx.decisions.record(uid, latest).await;
-        if change {
+        ctx.decisions.record(uid.clone(), latest).await;
+        if change || group_missing || figures_due(ctx, &consumer, &uid).await {
             // Full channel: a wake-up is already queued for the controller.
             let _ = wake.send(ObjectRef::from_obj(consumer.as_ref())).await;
         }
     }
+}
+
+/// Whether a round would now write the sampler's figures (by the rule of
+/// `status_writes`): the figures the status has against those the last
+/// sample gives. At most once a resync interval (or `STALE_AFTER`, if
+/// shorter), as when every resync was a round: a busy Consumer's figures move
+/// visibly nearly every second, and each write is one for the apiserver (and
+/// its cached copy would not show it yet a sample later).
+async fn figures_due(ctx: &Context, consumer: &Consumer, uid: &str) -> bool {
+    let now = Instant::now();
+    let writes = &ctx.shared.status_writes;
+    let spacing = ctx.shared.resync.min(status_writes::STALE_AFTER);
+    if writes.written_within(uid, spacing, now).await {
+        return false;
+    }
+    let previous = status::figures(consumer.status.as_ref());
+    let observed = ctx.decisions.observed_status(uid, previous.clone()).await;
+    writes.due(uid, &previous, &observed, now).await.is_some()
 }
 
 /// The autoscaler's decision for `consumer` from its stream's sample (none:
@@ -218,8 +252,8 @@ fn decide(
 async fn forget_departed(ctx: &Context, all: &[Valid<Consumer>], scalers: &mut Scalers) {
     let alive: HashSet<&str> = all.iter().filter_map(|c| c.meta().uid.as_deref()).collect();
     for gone in scalers.by_uid.keys().filter(|uid| !alive.contains(uid.as_str())) {
-        if let Some(labels) = scalers.labels_by_uid.remove(gone) {
-            ctx.shared.metrics.consumers.forget(&labels);
+        if let Some(series) = scalers.series_by_uid.remove(gone) {
+            ctx.shared.metrics.consumers.forget(&series.labels);
         }
         ctx.shared.status_writes.forget(gone).await;
     }
@@ -235,27 +269,31 @@ fn labels(consumer: &Consumer) -> ConsumerLabels {
     }
 }
 
-fn record(m: &ConsumerMetrics, l: &ConsumerLabels, latest: &Latest, current: u32) {
+fn record(m: &ConsumerMetrics, s: &mut ConsumerSeries, latest: &Latest, current: u32) {
     let e = &latest.decision.estimates;
     let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     if let Some(lag) = e.lag {
-        m.lag.get_or_create(l).set(gauge(lag));
+        s.lag
+            .get_or_insert_with(|| m.lag.get_or_create(&s.labels).clone())
+            .set(gauge(lag));
     }
-    m.pending.get_or_create(l).set(gauge(latest.pending));
+    s.pending.set(gauge(latest.pending));
     if let Some(r) = e.arrival_rate {
-        m.arrival_rate.get_or_create(l).set(r);
+        let series = s
+            .arrival_rate
+            .get_or_insert_with(|| m.arrival_rate.get_or_create(&s.labels).clone());
+        series.set(r);
     }
     if let Some(r) = e.completion_rate {
-        m.completion_rate.get_or_create(l).set(r);
+        let series = s
+            .completion_rate
+            .get_or_insert_with(|| m.completion_rate.get_or_create(&s.labels).clone());
+        series.set(r);
     }
-    m.processing_seconds
-        .get_or_create(l)
-        .set(e.processing_time.as_secs_f64());
-    m.desired_replicas
-        .get_or_create(l)
-        .set(i64::from(latest.decision.replicas));
-    m.current_replicas.get_or_create(l).set(i64::from(current));
-    m.decisions.get_or_create(l).inc();
+    s.processing_seconds.set(e.processing_time.as_secs_f64());
+    s.desired_replicas.set(i64::from(latest.decision.replicas));
+    s.current_replicas.set(i64::from(current));
+    s.decisions.inc();
 }
 
 /// The autoscaler's view of one group in a stream sample.

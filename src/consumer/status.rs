@@ -69,6 +69,26 @@ pub fn build(
     }
 }
 
+/// The status fields the sampler's figures fill (see
+/// `Decisions::observed_status`), alone: what the sampler compares to tell
+/// whether a round would write them.
+pub fn figures(status: Option<&ConsumerStatus>) -> ConsumerStatus {
+    let Some(s) = status else {
+        return ConsumerStatus::default();
+    };
+    ConsumerStatus {
+        lag: s.lag,
+        lag_source: s.lag_source.clone(),
+        pending: s.pending,
+        oldest_message_age: s.oldest_message_age.clone(),
+        arrival_rate: s.arrival_rate,
+        completion_rate: s.completion_rate,
+        processing_time: s.processing_time.clone(),
+        pod_startup: s.pod_startup.clone(),
+        ..ConsumerStatus::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,7 +148,8 @@ pub async fn sample(
                     }
                 }
                 None => {
-                    uncounted.insert(stream.clone(), (sample, delivered));
+                    let first = !carried.holds(stream);
+                    uncounted.insert(stream.clone(), (sample, delivered, first));
                 }
             },
             None => {
@@ -166,14 +167,14 @@ pub async fn sample(
         .await
         .map_err(|e| Error::classify(e, "EVALSHA sample", None))?;
     let mut replies = replies.into_iter();
-    for ((stream, (mut sample, delivered)), reply) in uncounted.into_iter().zip(&mut replies) {
+    for ((stream, (mut sample, delivered, first)), reply) in uncounted.into_iter().zip(&mut replies) {
         if let Ok(info) = reply {
             sample.entries_added = entries_added(info);
             if let Some(entries_added) = sample.entries_added {
                 let count = CarriedCount {
                     delivered,
                     entries_added,
-                    used: 0,
+                    used: if first { first_use(&stream) } else { 0 },
                 };
                 carried.0.insert(stream.clone(), count);
             }
@@ -201,6 +202,16 @@ fn script_missed(reply: &RedisResult<Vec<RedisResult<Value>>>) -> bool {
 fn entries_added(info: Value) -> Option<u64> {
     let (_, value) = reply::fields(info).into_iter().find(|(k, _)| k == "entries-added")?;
     std::str::from_utf8(&value).ok()?.parse().ok()
+}
+
+/// Where in its [`REREAD_AFTER`] samples a stream's first carried count
+/// starts: spread by its name, so that streams first read together (all of
+/// them, at start) are not all read again in one sample.
+fn first_use(stream: &str) -> u32 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    stream.hash(&mut h);
+    u32::try_from(h.finish() % u64::from(REREAD_AFTER)).unwrap_or(0)
 }
 
 /// The last-delivered-ids of the `wanted` groups that exist, in Redis' order.
