@@ -13,7 +13,9 @@ pub struct RunArgs {
     /// Watch only this namespace instead of the whole cluster.
     #[arg(long, env = "STREAMQ_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
-    /// How often every object is reconciled even when nothing changed.
+    /// How often every object is reconciled even when nothing changed. An
+    /// autoscaled Consumer, which its sampler wakes whenever a round has
+    /// something to do, only every 6 intervals.
     #[arg(long, env = "STREAMQ_RESYNC_INTERVAL", default_value = "10s")]
     pub resync_interval: Duration,
     /// How often the sampler reads every autoscaled Consumer's stream (one

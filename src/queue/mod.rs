@@ -84,16 +84,12 @@ impl Error {
     }
 }
 
-/// One round, boxed: kube-runtime spawns each round as a task, and a task
-/// holding the round's future inline (9–12 KiB) is a 128-byte-aligned
-/// allocation, which glibc's `posix_memalign` served slowly from the
-/// operator's heap (3 % of the idle operator's CPU at a thousand pairs, in
-/// `perf`); a plain allocation of the same size is not.
+/// One round (see `k8s::boxed_round` for why boxed).
 pub fn reconcile(
     guard: Arc<DeserializeGuard<Queue>>,
     ctx: Arc<Context>,
 ) -> futures::future::BoxFuture<'static, Result<Action, Error>> {
-    Box::pin(reconcile_round(guard, ctx))
+    crate::k8s::boxed_round(reconcile_round(guard, ctx))
 }
 
 async fn reconcile_round(guard: Arc<DeserializeGuard<Queue>>, ctx: Arc<Context>) -> Result<Action, Error> {
