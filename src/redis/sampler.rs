@@ -134,7 +134,7 @@ pub async fn sample(
             continue;
         };
         let infos = reply::groups(info);
-        let delivered = delivered_ids(&infos, groups);
+        let delivered = delivered_ids_if_uncounted(&infos, groups);
         match quiet(infos, groups) {
             Some(sample) if sample.entries_added.is_some() => {
                 samples.insert(stream.clone(), sample);
@@ -214,13 +214,15 @@ fn first_use(stream: &str) -> u32 {
     u32::try_from(h.finish() % u64::from(REREAD_AFTER)).unwrap_or(0)
 }
 
-/// The last-delivered-ids of the `wanted` groups that exist, in Redis' order.
-fn delivered_ids(infos: &[reply::GroupInfo], wanted: &[String]) -> Vec<String> {
-    infos
-        .iter()
-        .filter(|g| wanted.contains(&g.name))
-        .map(|g| g.last_delivered_id.clone())
-        .collect()
+/// The last-delivered-ids of the `wanted` groups that exist, in Redis'
+/// order; read only when none of them keeps counters (the one case that
+/// carries a count over), empty otherwise.
+fn delivered_ids_if_uncounted(infos: &[reply::GroupInfo], wanted: &[String]) -> Vec<String> {
+    let wanted_infos = infos.iter().filter(|g| wanted.contains(&g.name));
+    if wanted_infos.clone().any(|g| g.entries_read.is_some()) {
+        return Vec::new();
+    }
+    wanted_infos.map(|g| g.last_delivered_id.clone()).collect()
 }
 
 /// The sample of a stream from its `XINFO GROUPS` alone, when every wanted
