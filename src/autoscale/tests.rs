@@ -297,6 +297,29 @@ fn scales_to_zero_after_the_delay_without_arrivals() {
 }
 
 #[test]
+fn a_failed_sample_delays_scale_to_zero_by_one_window_only() {
+    let mut scaler = Autoscaler::new(Policy {
+        min_replicas: 0,
+        ..policy()
+    });
+    let mut script = Script::new(3);
+    script.steady(&mut scaler, 60, 10, MS200);
+    script.at += Duration::from_secs(1);
+    assert!(scaler.no_data(script.at).hold);
+    let mut zero_at = None;
+    for second in 1..=180 {
+        let d = scaler.observe(&script.second(0, 0, MS200, 0, 0));
+        script.replicas = d.replicas;
+        if d.replicas == 0 {
+            zero_at = Some(second);
+            break;
+        }
+    }
+    // The window starts again with the first sample after the failure and is full 60 s later.
+    assert_eq!(zero_at, Some(61));
+}
+
+#[test]
 fn min_replicas_one_never_scales_to_zero() {
     let mut scaler = Autoscaler::new(policy());
     let mut script = Script::new(3);

@@ -44,8 +44,11 @@ impl ScaleDownWindow {
         self.recommendations.clear();
     }
 
-    /// Adds the recommendation of the sample at `at` and drops those older than the delay.
+    /// Adds the recommendation of the sample at `at` and drops those older than the delay. The
+    /// first sample after [`Self::clear`] starts the window again: a failure shorter than a gap
+    /// is followed by fresh samples, which do not restart it.
     pub fn record(&mut self, at: Duration, recommended: u32) {
+        self.fresh_since.get_or_insert(at);
         self.recommendations.push_back((at, recommended));
         let start = self.start(at);
         while self.recommendations.front().is_some_and(|(t, _)| *t < start) {
