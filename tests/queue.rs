@@ -403,14 +403,22 @@ async fn the_younger_of_two_queues_on_one_stream_key_gets_conflict_and_touches_n
             > created(&first)
     })
     .await;
-    env.create(&external_queue("second", json!({"streamKey": key}))).await;
+    let mut admin = env.redis().await;
+    for i in 0..5 {
+        let _: String = cmd(&mut admin, &["XADD", &key, "*", "n", &i.to_string()]).await;
+    }
+    // Its round trip that found the conflict also ran the retention script, which must
+    // see that the claim is not this Queue's and leave the stream alone.
+    let hard_cap = json!({"streamKey": key, "retention": {"maxLength": 1, "dropUnprocessed": true}});
+    env.create(&external_queue("second", hard_cap)).await;
     let q = wait_condition(&queues, "second", "Degraded", ConditionStatus::True, "Conflict").await;
+    let length: u64 = cmd(&mut admin, &["XLEN", &key]).await;
+    assert_eq!(length, 5, "the younger Queue must not trim the older one's stream");
     assert!(
         q.condition("Degraded").unwrap().message.contains("first"),
         "{:?}",
         q.condition("Degraded")
     );
-    let mut admin = env.redis().await;
     let producer = format!("streamq.{}.second.producer", env.namespace);
     let user: redis::Value = cmd(&mut admin, &["ACL", "GETUSER", &producer]).await;
     assert_eq!(user, redis::Value::Nil, "the younger Queue must not create users");

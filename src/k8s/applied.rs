@@ -8,7 +8,11 @@
 //! only when what would be sent differs, or the live object's version (from
 //! the watch cache) moved since: someone else changed it, and it is repaired.
 
-use std::{collections::HashMap, fmt::Debug};
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    hash::{DefaultHasher, Hash, Hasher},
+};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Api, Resource, ResourceExt};
@@ -21,6 +25,8 @@ use tokio::sync::Mutex;
 pub struct Applied(Mutex<HashMap<String, Remembered>>);
 
 struct Remembered {
+    /// A hash of what the object was built from, when the caller gave it (see [`Applied::apply_built`]).
+    inputs: Option<u64>,
     sent: [u8; 32],
     /// The object's version right after the apply.
     version: Option<String>,
@@ -58,25 +64,78 @@ impl Applied {
     where
         K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
     {
-        let name = obj.name_any();
-        let key = format!("{}/{}/{name}", K::kind(&()), obj.namespace().unwrap_or_default());
-        let sent = digest(obj);
+        let key = key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
+        self.apply_keyed(api, key, obj, None, live, version).await
+    }
+
+    /// As [`Self::apply`], for the object `build` makes from `inputs`: when
+    /// the same inputs were applied before and `live` is still at that
+    /// version, it is skipped without building, serializing and hashing it.
+    /// `inputs` must hold everything `build` reads.
+    pub async fn apply_built<K>(
+        &self,
+        api: &Api<K>,
+        (namespace, name): (&str, &str),
+        inputs: impl Hash,
+        live: Option<&ObjectMeta>,
+        version: Version,
+        build: impl FnOnce() -> K,
+    ) -> Result<Option<K>, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+    {
+        let key = key::<K>(namespace, name);
+        let inputs = {
+            let mut h = DefaultHasher::new();
+            inputs.hash(&mut h);
+            h.finish()
+        };
         let live_version = live.and_then(|l| version.of(l));
         if let Some(r) = self.0.lock().await.get(&key)
-            && r.sent == sent
+            && r.inputs == Some(inputs)
             && live_version.is_some()
             && r.version == live_version
         {
             return Ok(None);
         }
-        let applied = super::apply(api, &name, obj).await?;
+        self.apply_keyed(api, key, &build(), Some(inputs), live, version).await
+    }
+
+    async fn apply_keyed<K>(
+        &self,
+        api: &Api<K>,
+        key: String,
+        obj: &K,
+        inputs: Option<u64>,
+        live: Option<&ObjectMeta>,
+        version: Version,
+    ) -> Result<Option<K>, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+    {
+        let sent = digest(obj);
+        let live_version = live.and_then(|l| version.of(l));
+        if let Some(r) = self.0.lock().await.get_mut(&key)
+            && r.sent == sent
+            && live_version.is_some()
+            && r.version == live_version
+        {
+            r.inputs = inputs;
+            return Ok(None);
+        }
+        let applied = super::apply(api, &obj.name_any(), obj).await?;
         let remembered = Remembered {
+            inputs,
             sent,
             version: version.of(applied.meta()),
         };
         self.0.lock().await.insert(key, remembered);
         Ok(Some(applied))
     }
+}
+
+fn key<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> String {
+    format!("{}/{namespace}/{name}", K::kind(&()))
 }
 
 fn digest(obj: &impl Serialize) -> [u8; 32] {

@@ -156,8 +156,9 @@ async fn existing_credentials(queue: &Queue, ctx: &Context) -> Result<Credential
     })
 }
 
-/// Round trips 1 and 2 in Redis: read the queue's state, decide the
-/// ownership claim, then create, repair, trim and dead-letter.
+/// Redis' part: one round trip reads the queue's state (and maintains a
+/// stream that is there and this Queue's), then the ownership claim is
+/// decided, and a second round trip creates, claims or sets only what needs it.
 async fn provision_redis(
     queue: &Queue,
     ctx: &Context,
@@ -208,15 +209,26 @@ async fn apply_credential_secrets(
         (&names.consumer_secret, &spec.consumer_user, &spec.consumer_password),
     ] {
         let url = access.endpoint.url_for(user, password);
-        let secret = build::credentials_secret(queue, name, &url, user, password, dead_letter.as_deref());
+        // Everything `credentials_secret` reads: the Queue only for its name, namespace and uid.
+        let inputs = (
+            queue.uid(),
+            queue.name_any(),
+            &url,
+            user,
+            password,
+            &dead_letter,
+            queue.stream_key(),
+        );
         let live = ctx.shared.secrets.watched(&ns, name);
         ctx.shared
             .applied
-            .apply(
+            .apply_built(
                 &secrets,
-                &secret,
+                (&ns, name),
+                inputs,
                 live.as_ref().map(|l| &l.metadata),
                 Version::ResourceVersion,
+                || build::credentials_secret(queue, name, &url, user, password, dead_letter.as_deref()),
             )
             .await
             .map_err(|e| Problem::kube("applying", name, e))?;

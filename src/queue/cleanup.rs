@@ -69,7 +69,7 @@ async fn remove_from_redis(queue: &Queue, ctx: &Context) -> Result<bool, Problem
         .admin(queue, &ctx.shared.client, &ctx.shared.secrets)
         .await?;
     let spec = build::redis_spec(queue, String::new(), String::new());
-    let owner = admin.snapshot(&spec).await.map_err(|e| Problem::redis(&e))?.owner;
+    let owner = admin.owner(&spec).await.map_err(|e| Problem::redis(&e))?;
     // Never delete data another Queue owns (this one may have been the younger of a conflict).
     let ours = owner.as_deref().is_none_or(|o| o == spec.owner);
     let delete_data = ours && queue.spec.deletion_policy == DeletionPolicy::Delete;

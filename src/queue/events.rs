@@ -75,7 +75,7 @@ pub async fn provisioned(
     for (reason, note) in created_notes(queue, changes, provisioned_before) {
         k8s::publish_event(&shared.recorder, queue, type_, &reason, "Provision", note).await;
     }
-    if changes.dead_lettered > 0 || changes.vanished > 0 {
+    if changes.maintenance.dead_lettered > 0 || changes.maintenance.vanished > 0 {
         let note = dead_lettered_note(queue, changes);
         k8s::publish_event(
             &shared.recorder,
@@ -131,14 +131,14 @@ fn created_notes(queue: &Queue, changes: &Changes, provisioned_before: bool) -> 
 }
 
 fn dead_lettered_note(queue: &Queue, changes: &Changes) -> String {
-    let vanished = if changes.vanished > 0 {
-        format!("; acked {} that had been trimmed away", changes.vanished)
+    let vanished = if changes.maintenance.vanished > 0 {
+        format!("; acked {} that had been trimmed away", changes.maintenance.vanished)
     } else {
         String::new()
     };
     format!(
         "moved {} message(s) that exhausted their deliveries to {}{vanished}",
-        changes.dead_lettered,
+        changes.maintenance.dead_lettered,
         queue.dead_letter_stream_key().unwrap_or_default(),
     )
 }

@@ -1,7 +1,7 @@
 //! The operator's administrative Redis work for one Queue: connect and check
-//! the server, read the queue's state in one round trip, and provision,
-//! repair, trim and dead-letter in a second one.
-
+//! the server, then one round trip that reads the queue's state and, when
+//! its stream is there and its own, trims and dead-letters; a second round
+//! trip only when something is to be created, claimed or set.
 use std::time::Duration;
 
 use ::redis::{RedisError, RedisResult, Value, aio::MultiplexedConnection};
@@ -23,21 +23,8 @@ const MAINTENANCE_BUDGET: u32 = 1000;
 /// stream; it is destroyed in the same round trip, leaving no trace.
 const MKSTREAM_GROUP: &str = "streamq.mkstream";
 
-static MAINTAIN: Lua = Lua::new(include_str!("maintain.lua"));
-static SNAPSHOT: Lua = Lua::new(SNAPSHOT_LUA);
-const SNAPSHOT_LUA: &str = r#"
-local function info(key)
-  local t = redis.call('TYPE', key).ok
-  if t ~= 'stream' then return {t, 0, 0} end
-  local added = 0
-  local xinfo = redis.call('XINFO', 'STREAM', key)
-  for i = 1, #xinfo, 2 do if xinfo[i] == 'entries-added' then added = xinfo[i + 1] end end
-  return {t, redis.call('XLEN', key), added}
-end
-local out = info(KEYS[1])
-if KEYS[2] then local d = info(KEYS[2]); table.insert(out, d[1]); table.insert(out, d[2]) end
-return out
-"#;
+/// The round's script: the state, then retention and dead letters (see its header).
+static QUEUE_ROUND: Lua = Lua::new(include_str!("queue_round.lua"));
 
 /// How the operator's connections appear in `CLIENT LIST`.
 pub const CLIENT_NAME: &str = "streamq-operator";
@@ -159,6 +146,19 @@ pub struct Snapshot {
     pub owner: Option<String>,
     pub producer_user_exists: bool,
     pub consumer_user_exists: bool,
+    /// What the round trip's retention and dead-lettering did; `None` when
+    /// they could not run: the stream missing or of another type, or its
+    /// claim not this Queue's.
+    pub maintenance: Option<Maintenance>,
+}
+
+/// What one run of retention and dead-lettering did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    pub trimmed: u64,
+    pub dead_lettered: u64,
+    /// Entries that were due for the dead-letter stream but had been trimmed or deleted; acked.
+    pub vanished: u64,
 }
 
 /// What a maintenance round changed.
@@ -168,10 +168,7 @@ pub struct Changes {
     pub dead_letter_created: bool,
     pub producer_user_created: bool,
     pub consumer_user_created: bool,
-    pub trimmed: u64,
-    pub dead_lettered: u64,
-    /// Entries that were due for the dead-letter stream but had been trimmed or deleted; acked.
-    pub vanished: u64,
+    pub maintenance: Maintenance,
 }
 
 impl Admin {
@@ -179,44 +176,41 @@ impl Admin {
         move |e| Error::classify(e, command, Some(&self.endpoint.addr()))
     }
 
-    /// Round trip 1: everything the reconciler decides from.
+    /// Round trip 1: everything the reconciler decides from, and the
+    /// maintenance when the stream is there and this Queue's.
     pub async fn snapshot(&mut self, q: &QueueSpec) -> Result<Snapshot, Error> {
-        type Replies = (
-            RedisResult<Vec<Value>>,
-            RedisResult<Option<String>>,
-            RedisResult<Value>,
-            RedisResult<Value>,
-        );
-        let replies: Replies = SNAPSHOT
+        type Replies = (RedisResult<Vec<Value>>, RedisResult<Value>, RedisResult<Value>);
+        let replies: Replies = QUEUE_ROUND
             .query(
                 &mut self.conn,
                 &snapshot_pipe(q),
                 |r: &RedisResult<Replies>| matches!(r, Ok((Err(e), ..)) if script::is_missing(e)),
             )
             .await
-            .map_err(self.err("EVALSHA snapshot/GET/ACL DRYRUN"))?;
-        let (stream, owner, producer, consumer) = replies;
-        let stream = stream.map_err(self.err("EVALSHA snapshot"))?;
-        let owner = owner.map_err(self.err("GET owner"))?;
-        let mut stream = stream.into_iter();
-        let text = |v: Value| reply::string(v).unwrap_or_default();
-        let int = |v: Value| reply::count(v).unwrap_or(0);
+            .map_err(self.err("EVALSHA round/ACL DRYRUN"))?;
+        let (round, producer, consumer) = replies;
+        let round = round.map_err(self.err("EVALSHA round"))?;
         Ok(Snapshot {
-            stream_type: stream.next().map(text).unwrap_or_default(),
-            length: stream.next().map(int).unwrap_or(0),
-            entries_added: stream.next().map(int).unwrap_or(0),
-            dead_letter_type: stream.next().map(text),
-            dead_letter_length: stream.next().map(int),
-            owner,
             producer_user_exists: user_exists(&producer),
             consumer_user_exists: user_exists(&consumer),
+            ..parse_round(round)
         })
     }
 
-    /// Round trip 2: creates what is missing, trims and dead-letters. `claim`
-    /// writes the ownership claim. A missing ACL user is created; existing
-    /// ones are put back as they should be only with `refresh_users`
-    /// (`ACL SETUSER` is among the dearest commands of a round).
+    /// The ownership claim on the Queue's stream, if any.
+    pub async fn owner(&mut self, q: &QueueSpec) -> Result<Option<String>, Error> {
+        ::redis::cmd("GET")
+            .arg(q.owner_key())
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("GET owner"))
+    }
+
+    /// Round trip 2, only when needed: creates what is missing, writes the
+    /// ownership claim when `claim`, and then maintains if round trip 1
+    /// could not. A missing ACL user is created; existing ones are put back
+    /// as they should be only with `refresh_users` (`ACL SETUSER` is among
+    /// the dearest commands of a round).
     pub async fn provision(
         &mut self,
         q: &QueueSpec,
@@ -224,91 +218,30 @@ impl Admin {
         claim: bool,
         refresh_users: bool,
     ) -> Result<Changes, Error> {
-        for (key, kind) in [
-            (Some(&q.stream), Some(&snap.stream_type)),
-            (q.dead_letter.as_ref(), snap.dead_letter_type.as_ref()),
-        ] {
-            if let (Some(key), Some(kind)) = (key, kind)
-                && kind != "stream"
-                && kind != "none"
-            {
-                return Err(Error::WrongType {
-                    key: key.clone(),
-                    kind: kind.clone(),
-                });
-            }
-        }
+        check_types(q, snap)?;
         let mut changes = Changes {
             stream_created: snap.stream_type == "none",
             dead_letter_created: snap.dead_letter_type.as_deref() == Some("none"),
             producer_user_created: !snap.producer_user_exists,
             consumer_user_created: !snap.consumer_user_exists,
-            ..Changes::default()
+            maintenance: snap.maintenance.unwrap_or_default(),
         };
-        let mut pipe = ::redis::pipe();
-        for (key, create) in [
-            (Some(&q.stream), changes.stream_created),
-            (q.dead_letter.as_ref(), changes.dead_letter_created),
-        ] {
-            if let (Some(key), true) = (key, create) {
-                pipe.cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(key)
-                    .arg(MKSTREAM_GROUP)
-                    .arg("$")
-                    .arg("MKSTREAM")
-                    .ignore();
-                pipe.cmd("XGROUP").arg("DESTROY").arg(key).arg(MKSTREAM_GROUP).ignore();
+        let mut pipe = provision_pipe(q, snap, &changes, claim, refresh_users);
+        if snap.maintenance.is_some() {
+            if pipe.is_empty() {
+                return Ok(changes);
             }
+            pipe.query_async::<()>(&mut self.conn)
+                .await
+                .map_err(self.err("XGROUP/SET/ACL SETUSER"))?;
+            return Ok(changes);
         }
-        if claim {
-            pipe.cmd("SET").arg(q.owner_key()).arg(&q.owner).ignore();
-        }
-        for (role, user, password, exists) in [
-            (
-                Role::Producer,
-                &q.producer_user,
-                &q.producer_password,
-                snap.producer_user_exists,
-            ),
-            (
-                Role::Consumer,
-                &q.consumer_user,
-                &q.consumer_password,
-                snap.consumer_user_exists,
-            ),
-        ] {
-            if exists && !refresh_users {
-                continue;
-            }
-            pipe.cmd("ACL")
-                .arg("SETUSER")
-                .arg(user)
-                .arg(acl::setuser_rules(role, password, &q.stream, q.dead_letter.as_deref()))
-                .ignore();
-        }
-        let mut maintain = MAINTAIN.call();
-        maintain
-            .arg(2)
-            .arg(&q.stream)
-            .arg(q.dead_letter.as_deref().unwrap_or(&q.stream))
-            .arg(q.max_length.map(|n| n.to_string()).unwrap_or_default())
-            .arg(q.max_age.map(|d| d.as_millis().to_string()).unwrap_or_default())
-            .arg(if q.drop_unprocessed { "1" } else { "0" })
-            .arg(q.max_deliveries)
-            .arg(u64::try_from(q.visibility_timeout.as_millis()).unwrap_or(u64::MAX))
-            .arg(if q.dead_letter.is_some() { "1" } else { "0" })
-            .arg(MAINTENANCE_BUDGET);
-        pipe.add_command(maintain);
-        type Replies = ((u64, u64, u64),);
-        let replies = MAINTAIN
-            .query(&mut self.conn, &pipe, script::round_trip_missed::<Replies>)
+        pipe.add_command(round_call(q));
+        let replies = QUEUE_ROUND
+            .query(&mut self.conn, &pipe, script::round_trip_missed::<(Vec<Value>,)>)
             .await;
-        let ((trimmed, dead_lettered, vanished),) =
-            replies.map_err(self.err("XGROUP/SET/ACL SETUSER/EVALSHA maintain"))?;
-        changes.trimmed = trimmed;
-        changes.dead_lettered = dead_lettered;
-        changes.vanished = vanished;
+        let (round,) = replies.map_err(self.err("XGROUP/SET/ACL SETUSER/EVALSHA round"))?;
+        changes.maintenance = parse_round(round).maintenance.unwrap_or_default();
         Ok(changes)
     }
 
@@ -399,19 +332,135 @@ impl Admin {
     }
 }
 
-/// The snapshot script, the ownership claim and whether each user exists.
+/// Refuses keys that exist with another type than stream.
+fn check_types(q: &QueueSpec, snap: &Snapshot) -> Result<(), Error> {
+    for (key, kind) in [
+        (Some(&q.stream), Some(&snap.stream_type)),
+        (q.dead_letter.as_ref(), snap.dead_letter_type.as_ref()),
+    ] {
+        if let (Some(key), Some(kind)) = (key, kind)
+            && kind != "stream"
+            && kind != "none"
+        {
+            return Err(Error::WrongType {
+                key: key.clone(),
+                kind: kind.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The round's script call for `q` (see `queue_round.lua`).
+fn round_call(q: &QueueSpec) -> ::redis::Cmd {
+    let mut call = QUEUE_ROUND.call();
+    call.arg(3)
+        .arg(&q.stream)
+        .arg(q.dead_letter.as_deref().unwrap_or(&q.stream))
+        .arg(q.owner_key())
+        .arg(q.max_length.map(|n| n.to_string()).unwrap_or_default())
+        .arg(q.max_age.map(|d| d.as_millis().to_string()).unwrap_or_default())
+        .arg(if q.drop_unprocessed { "1" } else { "0" })
+        .arg(q.max_deliveries)
+        .arg(u64::try_from(q.visibility_timeout.as_millis()).unwrap_or(u64::MAX))
+        .arg(if q.dead_letter.is_some() { "1" } else { "0" })
+        .arg(MAINTENANCE_BUDGET)
+        .arg(&q.owner);
+    call
+}
+
+/// Reads the round script's reply (see `queue_round.lua`); the users are the DRYRUNs' to tell.
+fn parse_round(reply: Vec<Value>) -> Snapshot {
+    let mut fields = reply.into_iter();
+    let mut next = || fields.next().unwrap_or(Value::Nil);
+    let text = |v: Value| reply::string(v).filter(|s| !s.is_empty());
+    let int = |v: Value| reply::count(v);
+    let stream_type = text(next()).unwrap_or_default();
+    let length = int(next()).unwrap_or(0);
+    let entries_added = int(next()).unwrap_or(0);
+    let dead_letter_type = text(next());
+    let dead_letter_length = int(next());
+    let owner = text(next());
+    let maintained = int(next()) == Some(1);
+    let maintenance = Maintenance {
+        trimmed: int(next()).unwrap_or(0),
+        dead_lettered: int(next()).unwrap_or(0),
+        vanished: int(next()).unwrap_or(0),
+    };
+    Snapshot {
+        stream_type,
+        length,
+        entries_added,
+        dead_letter_type,
+        dead_letter_length,
+        owner,
+        producer_user_exists: true,
+        consumer_user_exists: true,
+        maintenance: maintained.then_some(maintenance),
+    }
+}
+
+/// Round trip 1: the round script and whether each user exists.
 fn snapshot_pipe(q: &QueueSpec) -> ::redis::Pipeline {
     let mut pipe = ::redis::pipe();
-    let mut eval = SNAPSHOT.call();
-    eval.arg(if q.dead_letter.is_some() { 2 } else { 1 }).arg(&q.stream);
-    if let Some(dlq) = &q.dead_letter {
-        eval.arg(dlq);
-    }
     // Errors come back per command, so a missing user's DRYRUN error (or
     // NOSCRIPT) is an answer, not a failed round trip.
-    pipe.ignore_errors().add_command(eval).cmd("GET").arg(q.owner_key());
+    pipe.ignore_errors().add_command(round_call(q));
     for user in [&q.producer_user, &q.consumer_user] {
         pipe.cmd("ACL").arg("DRYRUN").arg(user).arg("PING");
+    }
+    pipe
+}
+
+/// Round trip 2's commands before the script: creations, the claim, the users.
+fn provision_pipe(
+    q: &QueueSpec,
+    snap: &Snapshot,
+    changes: &Changes,
+    claim: bool,
+    refresh_users: bool,
+) -> ::redis::Pipeline {
+    let mut pipe = ::redis::pipe();
+    for (key, create) in [
+        (Some(&q.stream), changes.stream_created),
+        (q.dead_letter.as_ref(), changes.dead_letter_created),
+    ] {
+        if let (Some(key), true) = (key, create) {
+            pipe.cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key)
+                .arg(MKSTREAM_GROUP)
+                .arg("$")
+                .arg("MKSTREAM")
+                .ignore();
+            pipe.cmd("XGROUP").arg("DESTROY").arg(key).arg(MKSTREAM_GROUP).ignore();
+        }
+    }
+    if claim {
+        pipe.cmd("SET").arg(q.owner_key()).arg(&q.owner).ignore();
+    }
+    for (role, user, password, exists) in [
+        (
+            Role::Producer,
+            &q.producer_user,
+            &q.producer_password,
+            snap.producer_user_exists,
+        ),
+        (
+            Role::Consumer,
+            &q.consumer_user,
+            &q.consumer_password,
+            snap.consumer_user_exists,
+        ),
+    ] {
+        if exists && !refresh_users {
+            continue;
+        }
+        pipe.cmd("ACL")
+            .arg("SETUSER")
+            .arg(user)
+            .arg(acl::setuser_rules(role, password, &q.stream, q.dead_letter.as_deref()))
+            .ignore();
     }
     pipe
 }
