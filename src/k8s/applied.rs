@@ -98,7 +98,8 @@ impl Applied {
         {
             return Ok(None);
         }
-        self.apply_keyed(api, key, &build(), Some(inputs), live, version).await
+        // Boxed (see `super::sent`): most calls return above.
+        Box::pin(self.apply_keyed(api, key, &build(), Some(inputs), live, version)).await
     }
 
     async fn apply_keyed<K>(

@@ -82,10 +82,7 @@ impl Recorder {
         if let Some((namespace, name, count)) = repeat {
             let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
             let patch = json!({"series": {"count": count, "lastObservedTime": MicroTime(Timestamp::now())}});
-            match events
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
+            match super::sent(events.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))).await {
                 // The apiserver dropped the Event (its own TTL): start a new series.
                 Err(kube::Error::Api(e)) if e.code == 404 => {
                     self.series.lock().await.remove(&key);
@@ -96,7 +93,7 @@ impl Recorder {
         let event = self.event(what, regarding);
         let namespace = event.metadata.namespace.clone().unwrap_or_default();
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        events.create(&PostParams::default(), &event).await?;
+        super::sent(events.create(&PostParams::default(), &event)).await?;
         let series = Series {
             namespace,
             name: event.metadata.name.unwrap_or_default(),

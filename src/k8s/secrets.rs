@@ -40,7 +40,7 @@ impl SecretReader {
         {
             return Ok(Some(read.clone()));
         }
-        let secret = Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await?;
+        let secret = super::sent(Api::<Secret>::namespaced(client.clone(), ns).get_opt(name)).await?;
         let mut read = self.read.lock().await;
         match secret {
             Some(mut secret) => {

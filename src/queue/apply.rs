@@ -56,7 +56,8 @@ async fn broker_access(queue: &Queue, ctx: &Context) -> Result<Access, Problem> 
                 .resolve(queue, &ctx.shared.client, &ctx.shared.secrets)
                 .await
         }
-        Broker::Managed(managed) => apply_managed_redis(queue, managed, ctx).await,
+        // Boxed: its applies would make every external Queue's round larger.
+        Broker::Managed(managed) => Box::pin(apply_managed_redis(queue, managed, ctx)).await,
     }
 }
 
@@ -80,8 +81,7 @@ async fn apply_managed_redis(queue: &Queue, managed: &ManagedBroker, ctx: &Conte
         .await
         .map_err(applying(&names.redis))?;
     let sets: Api<StatefulSet> = Api::namespaced(shared.client.clone(), &ns);
-    let existed = sets
-        .get_opt(&names.redis)
+    let existed = k8s::sent(sets.get_opt(&names.redis))
         .await
         .map_err(|e| Problem::kube("reading", &names.redis, e))?
         .is_some();

@@ -63,7 +63,7 @@ pub async fn decide(
     };
     // A claim left by a Queue that no longer exists is free to take.
     let others: Api<Queue> = Api::namespaced(client.clone(), &other.namespace);
-    let alive = match others.get_opt(&other.name).await {
+    let alive = match crate::k8s::sent(others.get_opt(&other.name)).await {
         Ok(found) => found.is_some_and(|q| q.uid().as_deref() == Some(other.uid.as_str())),
         // Cannot tell (e.g. no access to that namespace): assume it lives.
         Err(_) => true,

@@ -1,5 +1,5 @@
 //! Administrative connections, one per Redis URL, reused across resyncs so a
-//! resync costs its two round trips and not a fresh connection each time.
+//! resync costs its round trips and not a fresh connection each time.
 
 use std::collections::HashMap;
 
@@ -21,7 +21,8 @@ impl AdminPool {
         if let Some(admin) = self.connections.lock().await.get(url) {
             return Ok(admin.clone());
         }
-        let admin = admin::connect(url).await?;
+        // Boxed: a connect is rare, and inline its future would enlarge every caller's.
+        let admin = Box::pin(admin::connect(url)).await?;
         self.connections.lock().await.insert(url.to_owned(), admin.clone());
         Ok(admin)
     }
