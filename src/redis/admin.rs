@@ -2,6 +2,7 @@
 //! the server, then one round trip that reads the queue's state and, when
 //! its stream is there and its own, trims and dead-letters; a second round
 //! trip only when something is to be created, claimed or set.
+
 use std::time::Duration;
 
 use ::redis::{RedisError, RedisResult, Value, aio::MultiplexedConnection};
@@ -227,21 +228,21 @@ impl Admin {
             maintenance: snap.maintenance.unwrap_or_default(),
         };
         let mut pipe = provision_pipe(q, snap, &changes, claim, refresh_users);
-        if snap.maintenance.is_some() {
-            if pipe.is_empty() {
-                return Ok(changes);
-            }
-            pipe.query_async::<()>(&mut self.conn)
+        match snap.maintenance {
+            Some(_) if pipe.is_empty() => {}
+            Some(_) => pipe
+                .query_async::<()>(&mut self.conn)
                 .await
-                .map_err(self.err("XGROUP/SET/ACL SETUSER"))?;
-            return Ok(changes);
+                .map_err(self.err("XGROUP/SET/ACL SETUSER"))?,
+            None => {
+                pipe.add_command(round_call(q));
+                let replies = QUEUE_ROUND
+                    .query(&mut self.conn, &pipe, script::round_trip_missed::<(Vec<Value>,)>)
+                    .await;
+                let (round,) = replies.map_err(self.err("XGROUP/SET/ACL SETUSER/EVALSHA round"))?;
+                changes.maintenance = parse_round(round).maintenance.unwrap_or_default();
+            }
         }
-        pipe.add_command(round_call(q));
-        let replies = QUEUE_ROUND
-            .query(&mut self.conn, &pipe, script::round_trip_missed::<(Vec<Value>,)>)
-            .await;
-        let (round,) = replies.map_err(self.err("XGROUP/SET/ACL SETUSER/EVALSHA round"))?;
-        changes.maintenance = parse_round(round).maintenance.unwrap_or_default();
         Ok(changes)
     }
 
